@@ -1,0 +1,2 @@
+"""maskjax: masking-based self-supervised image anomaly detection in JAX/Flax."""
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""The sections and keys every method config shares.
+
+Every `configs/<method>.py` starts from `base_config()` and fills in its own
+`model` and `method` keys, so users (and sweep scripts) override any method the
+same way: `--config.seed`, `--config.train.steps`, `--config.input.data_dir`,
+`--config.input.categories`, `--config.input.image_size`,
+`--config.input.batch_size`, ...
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # -- data -------------------------------------------------------------------
+  c.input = ml_collections.ConfigDict()
+  # Root of the dataset. Empty = the embedded demo data (generated on first use).
+  c.input.data_dir = ""
+  # "mvtec" (MVTec AD layout), "visa" (original VisA download with
+  # split_csv/1cls.csv), "folder" (normal/abnormal/mask dirs), "archive"
+  # (a .tar/.zip of MVTec AD or VisA), "tfds" (ArrayRecord written by our builders),
+  # "multi" (data_dir holds several datasets in sub-directories, e.g. mvtec/ and visa/).
+  c.input.format = "mvtec"
+  # Category names or globs; "dataset/name" when several datasets are combined.
+  c.input.categories = ("*",)
+  c.input.image_size = 256
+  c.input.batch_size = 8
+  c.input.eval_batch_size = 8
+  c.input.val_fraction = 0.1        # of training normals, seeded, for thresholds
+  c.input.num_workers = 0           # grain worker processes (0 = in-process)
+  c.input.prefetch = 2
+  c.input.skip_bad_files = False    # True: skip and count bad files instead of failing
+  c.input.texture_dir = ""          # DTD-layout textures for Perlin anomalies ("" = built-in)
+  c.input.cache_dir = ""            # where the demo data is generated ("" = ~/.cache/maskjax)
+  # folder format only
+  c.input.normal_dir = ""
+  c.input.abnormal_dir = ""
+  c.input.mask_dir = ""
+
+  # -- model / method: filled in by each config ----------------------------------
+  c.model = ml_collections.ConfigDict()
+  c.model.init_from = ""            # converted Orbax checkpoint (maskjax.weights.convert)
+  c.method = ml_collections.ConfigDict()
+  c.method.name = ""
+
+  # -- optimiser --------------------------------------------------------------
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"             # adam | adamw | sgd
+  c.optim.lr = 1e-4
+  c.optim.weight_decay = 0.0        # adam: L2 added to the gradient (PyTorch Adam); adamw: decoupled
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.schedule = "constant"     # constant | step | warmup_cosine
+  c.optim.decay_every = 0           # step schedule: multiply lr by decay_factor every N steps
+  c.optim.decay_factor = 0.5
+  c.optim.warmup_steps = 0
+  c.optim.warmup_init_lr = 0.0
+  c.optim.end_lr = 0.0
+  c.optim.grad_clip = 0.0           # global-norm clip, 0 = off
+  c.optim.accum_steps = 1           # gradient accumulation micro-steps
+
+  # -- training loop ------------------------------------------------------------
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 0                 # >0 overrides the epochs-derived step count (of every stage)
+  c.train.epochs = 0
+  c.train.log_every = 10
+  c.train.checkpoint_every = 200
+  c.train.keep_checkpoints = 2
+  c.train.async_checkpoint = True
+  c.train.compute_dtype = "float32" # "bfloat16": bf16 compute, float32 params
+  c.train.progress_bar = True
+
+  # -- evaluation ------------------------------------------------------------------
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_heatmaps = 4           # overlays per category (normal + defective)
+  c.eval.threshold_quantile = 0.99  # decision threshold: quantile of validation normal scores
+  c.eval.plots = True
+  c.eval.predict_dir = ""           # predict mode: folder of images to score
+
+  # -- devices ---------------------------------------------------------------------
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1                  # -1 = all devices not used by fsdp
+  c.mesh.fsdp = 1                   # parameter sharding (FSDP-style) axis size
+  c.mesh.fsdp_min_size = 2 ** 18    # params smaller than this stay replicated
+  return c

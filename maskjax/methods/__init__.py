@@ -1,0 +1,59 @@
+"""Method registry: `config.method.name` -> Method subclass.
+
+Methods live in their own modules and are imported lazily so that importing
+maskjax does not build every model.
+"""
+from __future__ import annotations
+
+import importlib
+
+from maskjax.methods.base import Method, Stage  # noqa: F401
+
+#: name -> module path (imported on first use)
+KNOWN_METHODS = {
+    "riad": "maskjax.methods.riad",
+    "ssm": "maskjax.methods.ssm",
+    "ear": "maskjax.methods.ear",
+    "aca": "maskjax.methods.aca",
+    "mala": "maskjax.methods.mala",
+}
+
+_REGISTRY: dict[str, type] = {}
+
+
+class UnknownMethodError(ValueError):
+  pass
+
+
+class MethodNotImplementedError(NotImplementedError):
+  pass
+
+
+def register(cls):
+  """Class decorator: `@register class Riad(Method): name = "riad"`."""
+  if not cls.name:
+    raise ValueError(f"{cls} has no name")
+  _REGISTRY[cls.name] = cls
+  return cls
+
+
+def get_method_class(name: str):
+  if name in _REGISTRY:
+    return _REGISTRY[name]
+  if name not in KNOWN_METHODS:
+    raise UnknownMethodError(
+        f"unknown method {name!r} (config.method.name); known methods: "
+        + ", ".join(sorted(KNOWN_METHODS)))
+  if name not in _REGISTRY:
+    try:
+      importlib.import_module(KNOWN_METHODS[name])
+    except ModuleNotFoundError as e:
+      if e.name == KNOWN_METHODS[name]:
+        raise MethodNotImplementedError(
+            f"method {name!r} is not implemented yet in this version of maskjax") from None
+      raise
+  return _REGISTRY[name]
+
+
+def build_method(config):
+  return get_method_class(config.method.name)(config)

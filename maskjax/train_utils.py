@@ -1,0 +1,193 @@
+"""Helpers every method's stages use: optimisers from the config, NNX
+split/merge to plain pytrees, gradient accumulation and mixed precision.
+
+Everything here is pure JAX and jit-friendly; the loop in `maskjax.train`
+decides shardings and donation.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------
+# optimisers and schedules
+# ----------------------------------------------------------------------------
+def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
+  """Learning-rate schedule from `config.optim`.
+
+  constant: lr. step: lr * decay_factor ** (step // decay_every) (PyTorch StepLR).
+  warmup_cosine: linear warmup_init_lr -> lr over warmup_steps, then cosine to end_lr.
+  """
+  lr = float(optim_cfg.lr)
+  name = optim_cfg.get("schedule", "constant")
+  if name == "constant":
+    return optax.constant_schedule(lr)
+  if name == "step":
+    every = int(optim_cfg.get("decay_every", 0))
+    if every <= 0:
+      raise ValueError(f"config.optim.decay_every must be > 0 for schedule 'step' (got {every})")
+    return optax.exponential_decay(lr, transition_steps=every,
+                                   decay_rate=float(optim_cfg.get("decay_factor", 0.5)),
+                                   staircase=True)
+  if name == "warmup_cosine":
+    warmup = int(optim_cfg.get("warmup_steps", 0))
+    return optax.warmup_cosine_decay_schedule(
+        init_value=float(optim_cfg.get("warmup_init_lr", 0.0)), peak_value=lr,
+        warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
+        end_value=float(optim_cfg.get("end_lr", 0.0)))
+  raise ValueError(f"unknown config.optim.schedule {name!r}; known: constant, step, warmup_cosine")
+
+
+def make_optimizer(optim_cfg, total_steps: int,
+                   trainable_mask: Optional[PyTree] = None) -> optax.GradientTransformation:
+  """Optimiser from `config.optim`.
+
+  adam: PyTorch `torch.optim.Adam(weight_decay=wd)` semantics (wd * param added
+  to the gradient before the moments). adamw: decoupled weight decay
+  (`torch.optim.AdamW`). `trainable_mask`: a pytree of bools with the params'
+  structure; False sub-trees get no updates and no optimizer state
+  (`optax.multi_transform` with `set_to_zero`).
+  """
+  sched = make_schedule(optim_cfg, total_steps)
+  name = optim_cfg.get("name", "adam")
+  wd = float(optim_cfg.get("weight_decay", 0.0))
+  b1, b2, eps = float(optim_cfg.get("b1", 0.9)), float(optim_cfg.get("b2", 0.999)), float(
+      optim_cfg.get("eps", 1e-8))
+  parts = []
+  clip = float(optim_cfg.get("grad_clip", 0.0))
+  if clip > 0:
+    parts.append(optax.clip_by_global_norm(clip))
+  if name == "adam":
+    if wd:
+      parts.append(optax.add_decayed_weights(wd))
+    parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
+    parts.append(optax.scale_by_learning_rate(sched))
+  elif name == "adamw":
+    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=wd))
+  elif name == "sgd":
+    parts.append(optax.sgd(sched, momentum=float(optim_cfg.get("momentum", 0.9))))
+  else:
+    raise ValueError(f"unknown config.optim.name {name!r}; known: adam, adamw, sgd")
+  tx = optax.chain(*parts)
+  if trainable_mask is not None:
+    labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable_mask)
+    tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+  return tx
+
+
+# ----------------------------------------------------------------------------
+# NNX <-> plain pytrees
+# ----------------------------------------------------------------------------
+def split_pure(module: nnx.Module):
+  """-> (graphdef, params pure dict, rest pure dict) where rest holds batch
+  statistics and any other non-Param variables (RNG state excluded)."""
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  return graphdef, params.to_pure_dict(), rest.to_pure_dict()
+
+
+class Functional:
+  """Run an NNX module as pure functions of plain-dict pytrees.
+
+    f = Functional(module)               # captures graphdef + a state template
+    params, rest = f.params, f.rest      # initial plain dicts
+    out, new_rest = f.apply(params, rest, *args, **kwargs)
+
+  `apply` merges, calls the module, and returns the updated non-Param state
+  (e.g. BatchNorm running statistics) as a plain dict. Safe inside jit.
+  """
+
+  def __init__(self, module: nnx.Module, method: Optional[str] = None):
+    self.graphdef, p_state, r_state = nnx.split(module, nnx.Param, ...)
+    self._p_template = p_state
+    self._r_template = r_state
+    self.params = p_state.to_pure_dict()
+    self.rest = r_state.to_pure_dict()
+    self.method = method
+
+  def module(self, params: PyTree, rest: PyTree) -> nnx.Module:
+    p_state = jax.tree.map(lambda x: x, self._p_template)
+    r_state = jax.tree.map(lambda x: x, self._r_template)
+    nnx.replace_by_pure_dict(p_state, params)
+    if rest:
+      nnx.replace_by_pure_dict(r_state, rest)
+    return nnx.merge(self.graphdef, p_state, r_state)
+
+  def apply(self, params: PyTree, rest: PyTree, *args, method: Optional[str] = None,
+            **kwargs):
+    m = self.module(params, rest)
+    fn = getattr(m, method or self.method) if (method or self.method) else m
+    out = fn(*args, **kwargs)
+    _, _, new_r = nnx.split(m, nnx.Param, ...)
+    return out, new_r.to_pure_dict()
+
+
+def set_mode(module: nnx.Module, train: bool) -> None:
+  """BatchNorm/Dropout train/eval switch on a merged module."""
+  if train:
+    module.train()
+  else:
+    module.eval()
+
+
+# ----------------------------------------------------------------------------
+# gradients
+# ----------------------------------------------------------------------------
+def value_and_grad_accum(loss_fn: Callable, params: PyTree, batch: dict, rng: jax.Array,
+                         accum_steps: int = 1, has_aux: bool = True):
+  """`jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)` averaged
+  over `accum_steps` equal micro-batches (leading dim split), run as a
+  `lax.scan` so memory is one micro-batch. Aux must be a dict of scalars
+  (averaged) whose key "state" (optional) is taken from the last micro-step."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
+  if accum_steps <= 1:
+    return grad_fn(params, batch, rng)
+  def split(x):
+    if x.shape[0] % accum_steps:
+      raise ValueError(f"batch dimension {x.shape[0]} not divisible by accum_steps={accum_steps}")
+    return x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
+  micro = jax.tree.map(split, batch)
+  rngs = jax.random.split(rng, accum_steps)
+
+  def body(carry, inp):
+    g_acc, l_acc = carry
+    mb, r = inp
+    (l, aux), g = grad_fn(params, mb, r)
+    g_acc = jax.tree.map(jnp.add, g_acc, g)
+    return (g_acc, l_acc + l), aux
+
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  (g, l), auxs = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), (micro, rngs))
+  g = jax.tree.map(lambda x: x / accum_steps, g)
+  aux = {k: (jax.tree.map(lambda v: v[-1], v) if k == "state" else jnp.mean(v, axis=0))
+         for k, v in auxs.items()}
+  return (l / accum_steps, aux), g
+
+
+def apply_updates(tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree,
+                  grads: PyTree):
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state
+
+
+def compute_dtype(train_cfg) -> jnp.dtype:
+  name = train_cfg.get("compute_dtype", "float32")
+  if name not in ("float32", "bfloat16"):
+    raise ValueError(f"config.train.compute_dtype must be 'float32' or 'bfloat16' (got {name!r})")
+  return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+
+
+def cast_floating(tree: PyTree, dtype) -> PyTree:
+  """Cast floating leaves (e.g. float32 master params -> bf16 compute copy)."""
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                      tree)
+
+
+def global_norm(tree: PyTree) -> jax.Array:
+  return optax.global_norm(tree)
