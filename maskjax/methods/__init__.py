@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib
 
+from maskjax.errors import ConfigError
+
 from maskjax.methods.base import Method, Stage  # noqa: F401
 
 #: name -> module path (imported on first use)
@@ -21,11 +23,11 @@ KNOWN_METHODS = {
 _REGISTRY: dict[str, type] = {}
 
 
-class UnknownMethodError(ValueError):
+class UnknownMethodError(ConfigError):
   pass
 
 
-class MethodNotImplementedError(NotImplementedError):
+class MethodNotImplementedError(ConfigError):
   pass
 
 
