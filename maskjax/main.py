@@ -1,0 +1,104 @@
+r"""maskjax command line.
+
+  python -m maskjax.main --config=configs/<method>.py[:variant] --workdir=DIR \
+      [--mode=train|eval|predict] [--config.key=value ...]
+
+Modes:
+  train    train every stage of the method (resuming from DIR if it holds a
+           run), then evaluate on the test split and write the report (default).
+  eval     evaluate the final checkpoint in DIR and write the report.
+  predict  score a folder of images (--predict_dir or --config.eval.predict_dir)
+           with the model in DIR; writes heatmaps and scores.csv.
+
+Multi-host: pass --coordinator_address/--num_processes/--process_id (or set
+MASKJAX_COORDINATOR, MASKJAX_NUM_PROCESSES, MASKJAX_PROCESS_ID; on SLURM and
+Cloud TPU JAX finds them itself) and start the same command on every host.
+
+Errors that are the user's to fix (unknown method, unknown config key, a
+workdir holding another config's run, bad data) are printed as one line and
+exit with status 2.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None,
+    "Method config file, e.g. configs/riad.py:demo; override keys with --config.key=value.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, reports. A run resumes from it.")
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+                  "train: train then evaluate; eval: evaluate the checkpoint in --workdir; "
+                  "predict: score the images of --predict_dir.")
+flags.DEFINE_string("predict_dir", None, "predict mode: folder of images to score.")
+flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "multi-host: number of processes.")
+flags.DEFINE_integer("process_id", None, "multi-host: index of this process.")
+
+
+def _fail(msg: str) -> None:
+  msg = " ".join(str(msg).split())  # one line
+  print(f"maskjax: error: {msg}", file=sys.stderr)
+  sys.exit(2)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+  from maskjax.errors import UserError
+  config_path = FLAGS["config"].config_filename if FLAGS["config"].present else None
+  if not config_path:
+    _fail("--config is required, e.g. --config=configs/riad.py:demo")
+  try:
+    config = FLAGS.config
+    name = config.method.name
+  except UserError as e:
+    _fail(f"{config_path}: {e}")
+  except Exception as e:  # the config file itself failed to load
+    _fail(f"cannot load config {config_path!r}: {type(e).__name__}: {e}")
+  if not FLAGS.workdir:
+    _fail("--workdir is required")
+  try:
+    from maskjax import methods
+    methods.get_method_class(name)  # fail fast on unknown / unimplemented methods
+    from maskjax import mesh
+    mesh.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                      FLAGS.process_id)
+    from maskjax import train
+    train.run(config, FLAGS.workdir, mode=FLAGS.mode, predict_dir=FLAGS.predict_dir)
+  except UserError as e:
+    _fail(str(e))
+
+
+def _parse_flags(argv):
+  """absl parsing, but bad flags / config keys end as one line with exit 2."""
+  try:
+    return FLAGS(argv)
+  except flags.UnrecognizedFlagError as e:
+    name = getattr(e, "flagname", "") or ""
+    if name.startswith("config."):
+      _fail(f"unknown config key {name[len('config.'):]!r} (--{name}); "
+            "see the config file for the keys it defines")
+    _fail(f"unknown flag --{name}; see --help")
+  except flags.Error as e:
+    msg = str(e).strip().splitlines()
+    _fail(msg[-1] if msg else "bad flags")
+  except (AttributeError, KeyError) as e:  # unknown nested config key
+    key = str(e.args[0] if e.args else e).strip("'\"")
+    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key in a]
+    _fail(f"unknown config key {key!r} ({', '.join(bad) or 'in a --config. override'}); "
+          "see the config file for the keys it defines")
+
+
+def run() -> None:
+  logging.set_verbosity(logging.INFO)
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()
