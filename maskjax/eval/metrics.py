@@ -309,6 +309,34 @@ def downsample_curve(x: np.ndarray, y: np.ndarray, max_points: int = 2000
 # everything for one category
 
 
+def pixel_metrics(maps: Any, masks: Any, *, fpr_limit: float = 0.3) -> dict:
+  """Pixel AUROC, AP, F1-max (+ threshold) and AUPRO from one sweep.
+
+  maps, masks [N,H,W]. Returns {"pixel_auroc", "pixel_ap", "pixel_f1_max",
+  "pixel_f1_threshold", "aupro", "num_anomalous_pixels", "num_regions",
+  "undefined": {metric: reason}}; undefined metrics are None.
+  """
+  if not 0.0 < fpr_limit <= 1.0:
+    raise ValueError(f"fpr_limit={fpr_limit} must be in (0, 1]")
+  keys = ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro")
+  out: dict[str, Any] = {k: None for k in keys}
+  out["pixel_f1_threshold"] = None
+  try:
+    sw = _region_sweep(maps, masks)
+  except UndefinedMetric as e:
+    g = _as_labels(masks, "ground-truth masks")
+    out.update(num_anomalous_pixels=int(g.sum()), num_regions=count_regions(g),
+               undefined={k: str(e) for k in keys})
+    return out
+  out["pixel_auroc"] = _auroc(sw)
+  out["pixel_ap"] = _ap(sw)
+  out["pixel_f1_max"], out["pixel_f1_threshold"] = _f1_max(sw)
+  fpr, pro = _pro_points(sw)
+  out["aupro"] = _area_to(fpr, pro, fpr_limit) / fpr_limit
+  out.update(num_anomalous_pixels=sw.n_pos, num_regions=sw.n_regions, undefined={})
+  return out
+
+
 def evaluate_category(image_scores: Any, image_labels: Any, maps: Any = None, masks: Any = None,
                       *, fpr_limit: float = 0.3) -> dict:
   """All metrics of one category's test set.
@@ -350,20 +378,9 @@ def evaluate_category(image_scores: Any, image_labels: Any, maps: Any = None, ma
     if m.shape[0] != lab.size:
       raise ValueError(f"{m.shape[0]} anomaly maps for {lab.size} image labels; one map per image")
     out["num_pixels"] = int(g.size)
-    try:
-      sw = _region_sweep(m, g)
-      out["num_anomalous_pixels"] = sw.n_pos
-      out["num_regions"] = sw.n_regions
-      out["pixel_auroc"] = _auroc(sw)
-      out["pixel_ap"] = _ap(sw)
-      out["pixel_f1_max"], out["pixel_f1_threshold"] = _f1_max(sw)
-      fpr, pro = _pro_points(sw)
-      out["aupro"] = _area_to(fpr, pro, fpr_limit) / fpr_limit
-    except UndefinedMetric as e:
-      out["num_anomalous_pixels"] = int(g.sum())
-      out["num_regions"] = count_regions(g)
-      for k in pixel_keys:
-        undefined[k] = str(e)
+    pix = pixel_metrics(m, g, fpr_limit=fpr_limit)
+    undefined.update(pix.pop("undefined"))
+    out.update(pix)
   out["undefined"] = undefined
   return out
 

@@ -1,0 +1,192 @@
+r"""MALA (Chen et al., IEEE Access 2023): MAE + pseudo-label discriminator,
+then a frozen encoder and a Token Balance Module predicting anomaly maps.
+One model for all categories.
+
+Full run (accelerator host), unified MVTec AD + VisA (27 categories):
+
+  python -m maskjax.main --config=configs/mala.py --workdir=runs/mala \
+      --config.input.data_dir=/data/anomaly \
+      --config.model.init_from=/ckpt/mae_visualize_vit_large
+
+  `data_dir` holds both datasets side by side:
+    <data_dir>/mvtec/<category>/{train/good,test/<defect>,ground_truth/<defect>}/...
+    <data_dir>/visa/split_csv/1cls.csv  (+ the VisA category folders it names)
+  `init_from`: MAE ImageNet weights converted with
+    python -m maskjax.weights.convert mae_visualize_vit_large.pth OUT --arch mae_vit_large_patch16
+  (encoder + decoder; `mae_pretrain_vit_large.pth` gives the encoder only).
+  Without it both stages start from random weights and the run log says so.
+
+Variants (`--config=configs/mala.py:VARIANT`, comma-separated to combine):
+  mvtec         MVTec AD only (15 categories, same data_dir layout)
+  visa          VisA only (12 categories, same data_dir layout)
+  per_category  the paper's single-class setting: one model per category. Run
+                it once per category, e.g.
+                  --config=configs/mala.py:mvtec,per_category \
+                  --config.input.categories='("mvtec/bottle",)'
+                (sampling quotas are then per that one category)
+  demo          tiny ViT at 64 px on the embedded demo data, all demo
+                categories in one model; both stages on a 2-core CPU:
+                  python -m maskjax.main --config=configs/mala.py:demo --workdir=/tmp/mala_demo
+  demo_multi    `demo` with the demo data laid out as MVTec + VisA
+                (`maskjax.data.demo.generate_multi`), format "multi"
+  reduced       the full configuration's architecture (24 + 8 blocks) at a
+                reduced width (64) with a few steps, for smoke tests
+  Ablations (paper Table 4): no_stage1, no_plpm, no_tbm, recon_score
+  (reconstruction-based scoring with the stage-1 model instead of stage 2).
+  bf16          bfloat16 compute (float32 parameters) on accelerators.
+
+Decisions where the paper is silent (see maskjax/methods/mala.py):
+  loss weights a1 = a2 = 1, a3 = 0.1, b1 = b2 = 1; stage-2 lr fixed at
+  1e-3 * 32 / 256; image-score pooling 21 x 21 (DRAEM), stride 1, zero padding.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from maskjax import config_base
+from maskjax.errors import ConfigError
+
+VARIANTS = ("mvtec", "visa", "per_category", "demo", "demo_multi", "reduced",
+            "no_stage1", "no_plpm", "no_tbm", "recon_score", "bf16")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
+  unknown = [v for v in variants if v not in VARIANTS]
+  if unknown:
+    raise ConfigError(f"configs/mala.py: unknown variant(s) {', '.join(map(repr, unknown))}; "
+                      f"known: {', '.join(VARIANTS)}")
+  c = config_base.base_config()
+
+  # -- data: MVTec AD + VisA together ------------------------------------------
+  c.input.format = "multi"
+  c.input.categories = ("mvtec/*", "visa/*")
+  c.input.image_size = 224
+  c.input.batch_size = 128
+  c.input.eval_batch_size = 32
+
+  # -- model ----------------------------------------------------------------
+  c.model.encoder = "vit_large_patch16"   # maskjax.models.vit.VIT_CONFIGS name
+  # Replace any ViT constructor argument (dim, depth, heads, ...), e.g. for reduced widths.
+  c.model.encoder_overrides = ml_collections.ConfigDict()
+  c.model.decoder_dim = 512
+  c.model.decoder_depth = 8
+  c.model.decoder_heads = 16
+  c.model.plpm_width = 64                 # PLPM conv widths: w, 2w, 4w, 8w
+  c.model.plpm_layers = 4
+  c.model.init_from = ""                  # converted MAE checkpoint (encoder [+ decoder])
+
+  # -- method ---------------------------------------------------------------------
+  c.method.name = "mala"
+  c.method.mask_ratio = 0.75
+  # stage 1: a1 * L1 + a2 * (1 - SSIM) + a3 * pseudo-label term (paper eq. 3)
+  c.method.a1 = 1.0
+  c.method.a2 = 1.0
+  c.method.a3 = 0.1
+  # stage 2: b1 * L1(mask, p_anomaly) + b2 * focal (paper eq. 6)
+  c.method.b1 = 1.0
+  c.method.b2 = 1.0
+  c.method.focal_gamma = 2.0
+  c.method.score_kernel = 21              # image score = max(avgpool_k(map[0])), odd k
+  # ablation switches
+  c.method.use_stage1 = True
+  c.method.use_plpm = True
+  c.method.use_tbm = True
+  c.method.scoring = "end_to_end"         # end_to_end | reconstruction (stage-1 model)
+  c.method.recon_passes = 4               # reconstruction scoring: disjoint mask passes
+  # per-stage schedules: steps = epochs * samples_per_category * num_categories / batch,
+  # unless config.train.steps > 0 (then every stage runs that many steps)
+  c.method.stage1 = ml_collections.ConfigDict()
+  c.method.stage1.epochs = 2000
+  c.method.stage1.samples_per_category = 200
+  c.method.stage1.batch_size = 128
+  c.method.stage1.lr = 0.0                # 0 = 1e-3 * batch_size / 256 (paper)
+  c.method.stage1.base_lr = 1e-3
+  c.method.stage2 = ml_collections.ConfigDict()
+  c.method.stage2.epochs = 700
+  c.method.stage2.samples_per_category = 80
+  c.method.stage2.batch_size = 32
+  c.method.stage2.lr = 0.0                # 0 = base_lr * batch_size / 256, fixed
+  c.method.stage2.base_lr = 1e-3
+  c.method.stage2.anomaly_prob = 0.8      # 64 of 80 samples per category anomalous
+  c.method.stage2.local_prob = 0.5        # of anomalies: restricted to the foreground
+  c.method.disc_lr = 0.0                  # PLPM lr; 0 = the stage-1 lr
+
+  # -- optimiser (both stages; lr per stage above) ------------------------------------
+  c.optim.name = "adamw"
+  c.optim.weight_decay = 0.05
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.95
+  c.optim.schedule = "constant"
+
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+
+  if "mvtec" in variants and "visa" in variants:
+    raise ConfigError("configs/mala.py: variants 'mvtec' and 'visa' exclude each other "
+                      "(the default already trains on both)")
+  if "mvtec" in variants:
+    c.input.categories = ("mvtec/*",)
+  if "visa" in variants:
+    c.input.categories = ("visa/*",)
+  if "per_category" in variants:
+    c.method.per_category = True
+  else:
+    c.method.per_category = False
+
+  if "reduced" in variants:
+    c.model.encoder_overrides.dim = 64
+    c.model.encoder_overrides.heads = 4
+    c.model.decoder_dim = 32
+    c.model.decoder_heads = 4
+    c.model.plpm_width = 8
+    c.input.image_size = 64
+    c.method.score_kernel = 5
+    c.method.stage1.batch_size = 4
+    c.method.stage2.batch_size = 4
+    c.input.batch_size = 4
+    c.input.eval_batch_size = 8
+    c.train.steps = 2
+    c.train.log_every = 1
+
+  if "demo" in variants or "demo_multi" in variants:
+    if "demo_multi" in variants:
+      c.input.categories = ("mvtec/*", "visa/*")   # data_dir: demo.generate_multi(root)
+    else:
+      c.input.format = "mvtec"
+      c.input.categories = ("*",)
+    c.input.image_size = 64
+    c.input.eval_batch_size = 32
+    c.model.encoder = "vit_tiny_patch8"             # 8 x 8 tokens at 64 px
+    c.model.encoder_overrides = ml_collections.ConfigDict()
+    c.model.decoder_dim = 128
+    c.model.decoder_depth = 2
+    c.model.decoder_heads = 4
+    c.model.plpm_width = 16
+    c.model.plpm_layers = 3
+    c.method.score_kernel = 5
+    c.method.stage1.epochs = 40
+    c.method.stage1.samples_per_category = 64
+    c.method.stage1.batch_size = 32
+    c.method.stage1.base_lr = 1.5e-3
+    c.method.stage2.epochs = 40
+    c.method.stage2.samples_per_category = 64
+    c.method.stage2.batch_size = 32
+    c.method.stage2.base_lr = 2e-3
+    c.input.batch_size = 32
+    c.optim.weight_decay = 0.05
+    c.train.log_every = 20
+    c.train.checkpoint_every = 100
+    c.eval.num_heatmaps = 2
+
+  if "no_stage1" in variants:
+    c.method.use_stage1 = False
+  if "no_plpm" in variants:
+    c.method.use_plpm = False
+  if "no_tbm" in variants:
+    c.method.use_tbm = False
+  if "recon_score" in variants:
+    c.method.scoring = "reconstruction"
+  if "bf16" in variants:
+    c.train.compute_dtype = "bfloat16"
+  return c

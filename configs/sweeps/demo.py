@@ -1,0 +1,31 @@
+"""Demo sweep: RIAD and SSM x every demo category x 2 seeds, one run per category.
+
+The full demo sweep (about 16 short runs on a 2-core CPU machine):
+
+  python -m maskjax.sweep --sweep=configs/sweeps/demo.py --root=runs/sweep_demo
+  python -m maskjax.report --root=runs/sweep_demo
+
+Rerunning the first command skips finished runs and resumes interrupted ones.
+`configs/sweeps/demo.py:quick` runs each method once over all demo categories
+(one model) per seed with very few steps (used by the tests).
+"""
+from maskjax.data.demo import DEMO_CATEGORIES
+
+
+def get_sweep(arg=None):
+  overrides, categories = {}, list(DEMO_CATEGORIES)
+  if arg == "quick":
+    # one unified run per method and seed over all demo categories, few steps
+    overrides = {"train.steps": 4, "eval.plots": False, "train.checkpoint_every": 2}
+    categories = None
+  elif arg not in (None, "", "full"):
+    raise ValueError(f"unknown sweep variant {arg!r}; known: full, quick")
+  return {
+      "name": "demo",
+      "entries": [
+          {"config": "configs/riad.py:demo", "label": "riad",
+           "categories": categories, "seeds": [0, 1], "overrides": overrides},
+          {"config": "configs/ssm.py:demo", "label": "ssm",
+           "categories": categories, "seeds": [0, 1], "overrides": overrides},
+      ],
+  }

@@ -1,0 +1,121 @@
+"""Training logs: a progress bar, `metrics.jsonl`, TensorBoard events, absl lines.
+
+Only process 0 writes files or draws the bar; other processes get a logger
+that does nothing (their metrics are the same global values).
+
+  <workdir>/metrics.jsonl   one JSON object per log step:
+                            {"stage", "step", <metric>: float, ..., "images_per_s", "lr"?, "time"}
+  <workdir>/tb/             TensorBoard event files (tensorboardX; no TensorFlow needed),
+                            scalars tagged "<stage>/<metric>".
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Optional
+
+import jax
+from absl import logging
+
+
+def _is_tty() -> bool:
+  try:
+    return sys.stderr.isatty()
+  except (AttributeError, ValueError):
+    return False
+
+
+class MetricLogger:
+  """Writes one stage's log steps. Use as a context manager, or call close()."""
+
+  def __init__(self, workdir: str, *, stage: str, total_steps: int, start_step: int = 0,
+               progress_bar: bool = True, write: Optional[bool] = None):
+    self.stage = stage
+    self.total_steps = int(total_steps)
+    self.write = (jax.process_index() == 0) if write is None else write
+    self._jsonl = None
+    self._tb = None
+    self._bar = None
+    self._last_time = time.perf_counter()
+    self._last_step = int(start_step)
+    if not self.write:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    try:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
+    except Exception as e:  # noqa: BLE001 - TensorBoard is optional
+      logging.warning("TensorBoard logging disabled: %s", e)
+    if progress_bar and _is_tty():
+      from tqdm import tqdm
+      self._bar = tqdm(total=self.total_steps, initial=int(start_step), desc=stage,
+                       dynamic_ncols=True, file=sys.stderr)
+
+  def reset_clock(self, step: int) -> None:
+    """Restart the images/s clock (e.g. after compilation)."""
+    self._last_time = time.perf_counter()
+    self._last_step = int(step)
+
+  def log(self, step: int, metrics: dict, *, batch_size: int, lr: Optional[float] = None) -> dict:
+    """Log host floats `metrics` at `step`; returns the record written."""
+    now = time.perf_counter()
+    dt = max(now - self._last_time, 1e-9)
+    steps = max(step - self._last_step, 0)
+    ips = steps * batch_size / dt
+    rec = {"stage": self.stage, "step": int(step)}
+    rec.update({k: float(v) for k, v in metrics.items()})
+    rec["images_per_s"] = ips
+    rec["steps_per_s"] = steps / dt
+    if lr is not None:
+      rec["lr"] = float(lr)
+    rec["time"] = time.time()
+    self._last_time, self._last_step = now, int(step)
+    if not self.write:
+      return rec
+    self._jsonl.write(json.dumps(rec) + "\n")
+    self._jsonl.flush()
+    if self._tb is not None:
+      for k, v in rec.items():
+        if k not in ("stage", "step", "time") and math.isfinite(v):
+          self._tb.add_scalar(f"{self.stage}/{k}", v, int(step))
+      self._tb.flush()
+    loss = rec.get("loss", float("nan"))
+    remaining = (self.total_steps - step) / rec["steps_per_s"] if rec["steps_per_s"] else 0.0
+    if self._bar is not None:
+      self._bar.update(int(step) - self._bar.n)
+      self._bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{ips:.1f}")
+    logging.info("[%s] step %d/%d loss %.5g  %.1f img/s  ETA %s", self.stage, step,
+                 self.total_steps, loss, ips, _fmt_eta(remaining))
+    return rec
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+    if self._jsonl is not None:
+      self._jsonl.close()
+    if self._tb is not None:
+      self._tb.close()
+    self._bar = self._jsonl = self._tb = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def _fmt_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h:d}:{m:02d}:{s:02d}"
+
+
+def info(msg: str, *args) -> None:
+  """absl info on process 0 only."""
+  if jax.process_index() == 0:
+    logging.info(msg, *args)

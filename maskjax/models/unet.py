@@ -1,0 +1,197 @@
+"""Inpainting U-Nets (Flax NNX): RIAD's U-Net and SSM's conditional U-Net.
+
+Layout NHWC, float inputs. Both nets expect images normalised with mean =
+std = 0.5 (values in [-1, 1], `maskjax.ops.normalize.half`) unless the method
+says otherwise, and end with a tanh, i.e. outputs live in the same [-1, 1]
+space.
+
+Convolutions match the PyTorch RIAD ports' shapes and paddings:
+  conv3x3: stride 1, zero padding 1 (same size);
+  conv4x4 stride 2, zero padding 1 (halves H and W; H, W must be divisible by
+    2 ** (len(widths) - 1));
+  ConvTranspose 4x4 stride 2 with PyTorch `padding=1` semantics (doubles H, W);
+  every conv is followed by BatchNorm (PyTorch defaults: eps 1e-5, running
+  averages updated with weight 0.1 = flax momentum 0.9) and ReLU, except the
+  output conv (tanh).
+
+BatchNorm mode is chosen per call: `train=True` normalises with the batch
+statistics and updates the running averages; `train=False` uses the running
+averages (per-image results then do not depend on the rest of the batch).
+
+RiadUNet(widths=(64, 128, 256, 512, 512), in_channels=3, out_channels=3):
+  encoder level 0: 2 x conv3x3 (in -> w0); level l >= 1: conv4x4 s2 + conv3x3
+  (-> w_l). Decoder, for l = L-1 .. 0: up (ConvTranspose 4x4 s2 -> w_l, or
+  nearest x2 + conv3x3 -> w_l when `upsample="nearest"`), concat the encoder
+  skip of level l, 2 x conv3x3 (-> w_l). Output conv3x3 -> out_channels, tanh.
+  `__call__(x [B,H,W,in], *, train) -> [B,H,W,out]`.
+
+SsmUNet(widths=..., use_mam=True): the same net with a 4-channel input
+  (image * mask, mask), the nearest-upsample decoder, a 4-channel tanh output
+  (3 image channels + 1 mask channel, returned separately) and mask attention
+  modules (SSM paper eq. 2) after the bottleneck and after each decoder level.
+  `__call__(image [B,H,W,3], mask [B,H,W] (1 = visible), *, train)
+     -> (image_out [B,H,W,3], mask_out [B,H,W])`, both in [-1, 1].
+  The network multiplies the image by the mask itself.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+_P1 = ((1, 1), (1, 1))
+
+
+def _bn(ch: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  return nnx.BatchNorm(ch, momentum=0.9, epsilon=1e-5, rngs=rngs)
+
+
+class ConvBNReLU(nnx.Module):
+  """conv (kernel, stride, zero padding 1) -> BatchNorm -> ReLU."""
+
+  def __init__(self, cin: int, cout: int, *, kernel: int = 3, stride: int = 1,
+               rngs: nnx.Rngs):
+    self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=_P1,
+                         rngs=rngs)
+    self.bn = _bn(cout, rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+
+
+class Up(nnx.Module):
+  """x2 upsampling to `cout` channels: ConvTranspose 4x4 s2 ("transpose") or
+  nearest x2 + conv3x3 ("nearest"), then BatchNorm + ReLU."""
+
+  def __init__(self, cin: int, cout: int, *, mode: str, rngs: nnx.Rngs):
+    if mode not in ("transpose", "nearest"):
+      raise ValueError(f"upsample mode must be 'transpose' or 'nearest', got {mode!r}")
+    self.mode = mode
+    if mode == "transpose":
+      # lax.conv_transpose "SAME" with k=4, s=2 pads (2, 2) = PyTorch padding=1.
+      self.conv = nnx.ConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding="SAME",
+                                    rngs=rngs)
+    else:
+      self.conv = nnx.Conv(cin, cout, (3, 3), padding=_P1, rngs=rngs)
+    self.bn = _bn(cout, rngs)
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    if self.mode == "nearest":
+      b, h, w, c = x.shape
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+
+
+class MaskAttention(nnx.Module):
+  """SSM mask attention module (paper eq. 2, REFERENCE "SSM"):
+
+    m = nearest-resize(mask) to the feature size,
+    out = x + conv3x3(relu(BN(conv3x3(concat(BN(x), m))))) * m.
+  """
+
+  def __init__(self, ch: int, *, rngs: nnx.Rngs):
+    self.bn_in = _bn(ch, rngs)
+    self.conv1 = nnx.Conv(ch + 1, ch, (3, 3), padding=_P1, rngs=rngs)
+    self.bn_mid = _bn(ch, rngs)
+    self.conv2 = nnx.Conv(ch, ch, (3, 3), padding=_P1, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+    b, h, w, _ = x.shape
+    m = resize_mask(mask, h, w).astype(x.dtype)[..., None]
+    y = self.bn_in(x, use_running_average=not train)
+    y = self.conv1(jnp.concatenate([y, m], axis=-1))
+    y = nnx.relu(self.bn_mid(y, use_running_average=not train))
+    y = self.conv2(y)
+    return x + y * m
+
+
+def resize_mask(mask: jax.Array, h: int, w: int) -> jax.Array:
+  """Nearest resize of [B,H,W] masks to [B,h,w] (half-pixel centres, i.e. the
+  pixel at index floor((i + 0.5) * H / h))."""
+  if mask.shape[1:] == (h, w):
+    return mask
+  return jax.image.resize(mask, (mask.shape[0], h, w), method="nearest")
+
+
+class _UNetBody(nnx.Module):
+  """Shared encoder/decoder; `mam` adds SSM's mask attention modules."""
+
+  def __init__(self, widths: Sequence[int], in_channels: int, out_channels: int, *,
+               upsample: str, mam: bool, rngs: nnx.Rngs):
+    widths = tuple(int(w) for w in widths)
+    if len(widths) < 2:
+      raise ValueError(f"U-Net widths need at least 2 levels, got {widths}")
+    self.widths = widths
+    self.enc = nnx.List()
+    self.enc.append(nnx.List([ConvBNReLU(in_channels, widths[0], rngs=rngs),
+                              ConvBNReLU(widths[0], widths[0], rngs=rngs)]))
+    for l in range(1, len(widths)):
+      self.enc.append(nnx.List([
+          ConvBNReLU(widths[l - 1], widths[l], kernel=4, stride=2, rngs=rngs),
+          ConvBNReLU(widths[l], widths[l], rngs=rngs)]))
+    self.ups = nnx.List()
+    self.dec = nnx.List()
+    cur = widths[-1]
+    for l in range(len(widths) - 2, -1, -1):
+      self.ups.append(Up(cur, widths[l], mode=upsample, rngs=rngs))
+      self.dec.append(nnx.List([ConvBNReLU(2 * widths[l], widths[l], rngs=rngs),
+                                ConvBNReLU(widths[l], widths[l], rngs=rngs)]))
+      cur = widths[l]
+    self.use_mam = mam
+    if mam:
+      self.mam = nnx.List([MaskAttention(widths[-1], rngs=rngs)] + [
+          MaskAttention(widths[l], rngs=rngs) for l in range(len(widths) - 2, -1, -1)])
+    self.out = nnx.Conv(widths[0], out_channels, (3, 3), padding=_P1, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask, train: bool) -> jax.Array:
+    b, h, w, _ = x.shape
+    factor = 2 ** (len(self.widths) - 1)
+    if h % factor or w % factor:
+      raise ValueError(f"U-Net input {h}x{w} must be divisible by {factor} "
+                       f"(2 ** (len(widths) - 1), widths={self.widths})")
+    skips = []
+    for level in self.enc:
+      for layer in level:
+        x = layer(x, train)
+      skips.append(x)
+    x = skips.pop()
+    if self.use_mam:
+      x = self.mam[0](x, mask, train)
+    for i, (up, dec) in enumerate(zip(self.ups, self.dec)):
+      x = up(x, train)
+      x = jnp.concatenate([x, skips.pop()], axis=-1)
+      for layer in dec:
+        x = layer(x, train)
+      if self.use_mam:
+        x = self.mam[i + 1](x, mask, train)
+    return jnp.tanh(self.out(x))
+
+
+class RiadUNet(nnx.Module):
+  """RIAD inpainting U-Net; see the module docstring."""
+
+  def __init__(self, widths: Sequence[int] = (64, 128, 256, 512, 512), *,
+               in_channels: int = 3, out_channels: int = 3, upsample: str = "transpose",
+               rngs: nnx.Rngs):
+    self.body = _UNetBody(widths, in_channels, out_channels, upsample=upsample, mam=False,
+                          rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    return self.body(x, None, train)
+
+
+class SsmUNet(nnx.Module):
+  """SSM conditional U-Net with image and mask heads; see the module docstring."""
+
+  def __init__(self, widths: Sequence[int] = (64, 128, 256, 512, 512), *,
+               use_mam: bool = True, upsample: str = "nearest", rngs: nnx.Rngs):
+    self.body = _UNetBody(widths, 4, 4, upsample=upsample, mam=use_mam, rngs=rngs)
+
+  def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
+               ) -> tuple[jax.Array, jax.Array]:
+    m = mask.astype(image.dtype)
+    x = jnp.concatenate([image * m[..., None], m[..., None]], axis=-1)
+    out = self.body(x, m, train)
+    return out[..., :3], out[..., 3]
