@@ -463,8 +463,7 @@ def load_splits(input_cfg, seed: int) -> Splits:
     bad = {p.path for p in problems}
     before = len(raws)
     # A record is dropped when its image or its mask is at fault.
-    raws = [r for r in raws if r.path not in bad and (r.mask_path is None or r.mask_path not in bad)
-            and not any(p.kind == MISSING_MASK and p.path == r.path for p in problems)]
+    raws = [r for r in raws if r.path not in bad and (r.mask_path is None or r.mask_path not in bad)]
     counts = collections.Counter(p.kind for p in problems)
     for p in problems:
       logging.info("skipped bad file %s", p)

@@ -1,0 +1,154 @@
+"""grain input pipelines: records -> host-local numpy batches -> global arrays.
+
+Training (`train_dataset`): `MapDataset.source(records)` -> seeded shuffle,
+reshuffled every epoch (`repeat(reseed_each_epoch=True)`) -> per-host shard
+`[process_index::process_count]` of that global stream (host p takes every
+P-th example, so the hosts' local batches of step t together are the global
+examples [t*B, (t+1)*B)) -> decode + resize (`map`) -> the method's
+`host_transform(example, rng)` (`random_map`; grain seeds the numpy Generator
+from the dataset seed and the element's index, so it is reproducible and
+independent of worker count) -> `batch(local_batch, drop_remainder=True)` ->
+`to_iter_dataset` (decode threads) -> `mp_prefetch` with
+`config.input.num_workers` processes when > 0.
+
+Per-example dict before the transform:
+  image        float32 [H, W, 3] in [0, 1] (H = W = config.input.image_size)
+  mask         float32 [H, W] in {0, 1} (zeros for normals)
+  label        int32 []
+  category_id  int32 []
+Batches stack these on a leading host-local batch axis. `iter(ds)` is a grain
+`DatasetIterator`; `get_state()` / `set_state()` restore the exact position.
+
+Evaluation (`eval_batches`): records in their given order, padded to a
+multiple of the global batch size; batch t covers records [t*B, (t+1)*B), host
+p holding the contiguous slice [p*b, (p+1)*b) of it (b = B / process_count).
+Padding examples are zeros with `valid=False` and `index=-1`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import grain
+import numpy as np
+
+from maskjax.data import images
+from maskjax.data.records import Record
+from maskjax.errors import ConfigError
+
+HostTransform = Callable[[dict, np.random.Generator], dict]
+
+
+def _get(cfg, key, default):
+  try:
+    return cfg.get(key, default)
+  except AttributeError:
+    return getattr(cfg, key, default)
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeExample:
+  """Picklable record -> example dict (see the module docstring)."""
+  image_size: int
+  convert_unusual: bool = False
+
+  def __call__(self, r: Record) -> dict:
+    n = self.image_size
+    image = images.load_image(r.path, n, convert_unusual=self.convert_unusual)
+    mask = images.load_mask(r.mask_path, n) if r.mask_path else np.zeros((n, n), np.float32)
+    return {"image": image, "mask": mask, "label": np.int32(r.label),
+            "category_id": np.int32(r.category_id)}
+
+
+def _decoder(input_cfg) -> DecodeExample:
+  return DecodeExample(int(input_cfg.image_size), bool(_get(input_cfg, "convert_unusual_images", False)))
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ConfigError(f"global batch size {global_batch_size} must be a positive multiple of the "
+                      f"number of hosts ({process_count}); check config.input.batch_size")
+  return global_batch_size // process_count
+
+
+def _read_options(input_cfg) -> grain.ReadOptions:
+  return grain.ReadOptions(num_threads=max(1, int(_get(input_cfg, "decode_threads", 4))),
+                           prefetch_buffer_size=max(1, 4 * int(_get(input_cfg, "prefetch", 2))))
+
+
+def _maybe_mp(ds: grain.IterDataset, input_cfg) -> grain.IterDataset:
+  workers = int(_get(input_cfg, "num_workers", 0))
+  if workers > 0:
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      # grain's worker processes read absl flags; outside an absl app (tests,
+      # notebooks, benchmarks) use their defaults.
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=workers, per_worker_buffer_size=max(1, int(_get(input_cfg, "prefetch", 2)))))
+  return ds
+
+
+def train_dataset(input_cfg, records: Sequence[Record], *, global_batch_size: int, seed: int,
+                  host_transform: Optional[HostTransform] = None, process_index: int = 0,
+                  process_count: int = 1) -> grain.IterDataset:
+  """Infinite training pipeline yielding host-local numpy batches (module doc)."""
+  if not records:
+    raise ConfigError("train_dataset got no records; the training split is empty")
+  local = _local_batch(global_batch_size, process_count)
+  ds = grain.MapDataset.source(list(records)).seed(int(seed))
+  ds = ds.shuffle().repeat(None, reseed_each_epoch=True)
+  ds = ds[process_index::process_count]
+  ds = ds.map(_decoder(input_cfg))
+  if host_transform is not None:
+    ds = ds.random_map(host_transform)
+  ds = ds.batch(local, drop_remainder=True)
+  ds = ds.to_iter_dataset(_read_options(input_cfg))
+  return _maybe_mp(ds, input_cfg)
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalExample:
+  decode: DecodeExample
+  records: tuple
+
+  def __call__(self, index: int) -> dict:
+    if index < 0:
+      n = self.decode.image_size
+      return {"image": np.zeros((n, n, 3), np.float32), "mask": np.zeros((n, n), np.float32),
+              "label": np.int32(0), "category_id": np.int32(0), "valid": np.bool_(False),
+              "index": np.int32(-1)}
+    ex = self.decode(self.records[index])
+    ex["valid"] = np.bool_(True)
+    ex["index"] = np.int32(index)
+    return ex
+
+
+def eval_indices(num_records: int, global_batch_size: int, process_index: int = 0,
+                 process_count: int = 1) -> np.ndarray:
+  """[num_batches, local_batch] record indices of this host, -1 = padding."""
+  local = _local_batch(global_batch_size, process_count)
+  num_batches = max(1, -(-num_records // global_batch_size))
+  idx = np.full(num_batches * global_batch_size, -1, np.int64)
+  idx[:num_records] = np.arange(num_records)
+  idx = idx.reshape(num_batches, process_count, local)[:, process_index]
+  return idx
+
+
+def eval_batches(input_cfg, records: Sequence[Record], *, global_batch_size: int,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[dict]:
+  """Deterministic, finite, fixed-size host-local batches with "valid" and "index"."""
+  idx = eval_indices(len(records), global_batch_size, process_index, process_count)
+  local = idx.shape[1]
+  ds = grain.MapDataset.source(idx.reshape(-1).tolist())
+  ds = ds.map(_EvalExample(_decoder(input_cfg), tuple(records))).batch(local)
+  return iter(_maybe_mp(ds.to_iter_dataset(_read_options(input_cfg)), input_cfg))
+
+
+def to_global(batch: dict, mesh, data_axes: Sequence[str] = ("data",)) -> dict[str, Any]:
+  """Host-local numpy batch -> global `jax.Array`s sharded on their leading axis."""
+  import jax
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  sharding = NamedSharding(mesh, P(tuple(data_axes)))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in batch.items()}
