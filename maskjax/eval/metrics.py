@@ -197,8 +197,9 @@ def _pro_points(sw: Sweep) -> tuple[np.ndarray, np.ndarray]:
   return fpr, pro
 
 
-def _area_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
-  """Trapezoid area under (x, y) for x in [0, x_max]; x non-decreasing."""
+def partial_area(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+  """Trapezoid area under (x, y) for x in [0, x_max] (x non-decreasing, from 0);
+  the crossing of x_max is linearly interpolated."""
   j = int(np.searchsorted(x, x_max, side="right"))  # points with x <= x_max
   xs, ys = x[:j], y[:j]
   if j < x.size and (j == 0 or xs[-1] < x_max):
@@ -288,7 +289,7 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
   if not 0.0 < fpr_limit <= 1.0:
     raise ValueError(f"fpr_limit={fpr_limit} must be in (0, 1]")
   fpr, pro = _pro_points(_region_sweep(maps, masks))
-  return _area_to(fpr, pro, fpr_limit) / fpr_limit
+  return partial_area(fpr, pro, fpr_limit) / fpr_limit
 
 
 def pro_curve(maps: Any, masks: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -332,7 +333,7 @@ def pixel_metrics(maps: Any, masks: Any, *, fpr_limit: float = 0.3) -> dict:
   out["pixel_ap"] = _ap(sw)
   out["pixel_f1_max"], out["pixel_f1_threshold"] = _f1_max(sw)
   fpr, pro = _pro_points(sw)
-  out["aupro"] = _area_to(fpr, pro, fpr_limit) / fpr_limit
+  out["aupro"] = partial_area(fpr, pro, fpr_limit) / fpr_limit
   out.update(num_anomalous_pixels=sw.n_pos, num_regions=sw.n_regions, undefined={})
   return out
 

@@ -1,0 +1,219 @@
+"""Reports written by every evaluation: results.json and results.md.
+
+results.json (schema "maskjax.eval.results/1"; metric values are fractions in
+[0, 1], null when undefined)::
+
+  {schema, method, dataset, created (UTC, ISO 8601), metrics: [names],
+   per_category: {category: {metric: value | null, ..., undefined: {metric: reason}}},
+   mean: {metric: {mean, count (categories averaged), of (categories)}},
+   published: {paper, variant, tables: {metric: "Table II"},
+               per_category: {category: {metric: value}}, paper_mean: {dataset: {metric: value}}}
+              | null when the paper reports nothing for this dataset,
+   run_config, versions: {python, maskjax, jax, flax, optax, numpy, scipy, sklearn},
+   device, timings, run_info}
+
+``run_info`` is stored as given (``config``, ``timings``, ``device`` and
+``published_variant`` are read from it when present).
+
+results.md: a comparison table (ours | paper | difference, in percentage
+points) for the metrics the method's paper reports on this dataset, then all
+metrics per category, means over the categories where a metric is defined
+("n/a" marks undefined values, with the reasons listed below the table).
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+from typing import Any, Mapping
+
+import numpy as np
+
+from maskjax.eval import metrics as metrics_lib
+from maskjax.eval import published
+
+SCHEMA = "maskjax.eval.results/1"
+TITLES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO@0.3",
+          "image_f1_max": "Image F1-max", "pixel_f1_max": "Pixel F1-max",
+          "image_ap": "Image AP", "pixel_ap": "Pixel AP"}
+
+
+def _jsonable(x: Any) -> Any:
+  """Plain JSON types; NaN / inf become null."""
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return _jsonable(x.tolist())
+  if isinstance(x, (np.bool_, bool)):
+    return bool(x)
+  if isinstance(x, (np.integer, int)):
+    return int(x)
+  if isinstance(x, (np.floating, float)):
+    return float(x) if math.isfinite(float(x)) else None
+  if x is None or isinstance(x, str):
+    return x
+  if hasattr(x, "to_dict"):
+    return _jsonable(x.to_dict())
+  return str(x)
+
+
+def versions() -> dict[str, str | None]:
+  """Installed versions of the packages a result depends on."""
+  out: dict[str, str | None] = {"python": platform.python_version()}
+  for name, dist in (("maskjax", "maskjax"), ("jax", "jax"), ("jaxlib", "jaxlib"),
+                     ("flax", "flax"), ("optax", "optax"), ("numpy", "numpy"),
+                     ("scipy", "scipy"), ("sklearn", "scikit-learn")):
+    try:
+      out[name] = importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+      out[name] = None
+  if out["maskjax"] is None:
+    import maskjax
+    out["maskjax"] = getattr(maskjax, "__version__", None)
+  return out
+
+
+def _device() -> str:
+  try:
+    import jax
+    d = jax.devices()
+    return f"{len(d)} x {d[0].device_kind} ({d[0].platform})"
+  except Exception as e:  # noqa: BLE001 - a report never fails on this
+    return f"unknown ({type(e).__name__})"
+
+
+def _published_block(method: str, dataset: str, categories: list[str],
+                     variant: str | None) -> dict | None:
+  """The paper's numbers for the run's categories, or None when there are none."""
+  if method not in published.methods():
+    return None
+  per_cat: dict[str, dict[str, float]] = {}
+  tables: dict[str, str] = {}
+  means: dict[str, dict[str, float]] = {}
+  for cat in categories:
+    try:
+      ds_given = published.normalize_dataset(dataset)
+    except KeyError:
+      ds_given = None
+    ds, name = published.normalize_category(cat, ds_given)
+    if ds is None or (ds_given is None and "/" not in cat):
+      continue  # a folder / demo dataset: nothing to compare with
+    vals = published.table(method, ds, variant).get(name)
+    if vals:
+      per_cat[cat] = vals
+      tables.update(published.sources(method, ds, variant))
+      means.setdefault(ds, {}).update(published.paper_means(method, ds, variant))
+  if not per_cat:
+    return None
+  cit = published.citation(method)
+  return {"paper": cit["paper"], "variant": variant or cit["default_variant"], "tables": tables,
+          "per_category": per_cat, "paper_mean": means}
+
+
+def _pct(v: float | None, digits: int = 2) -> str:
+  return "n/a" if v is None else f"{100 * v:.{digits}f}"
+
+
+def _diff(a: float | None, b: float | None) -> str:
+  return "" if a is None or b is None else f"{100 * (a - b):+.2f}"
+
+
+def _markdown(method: str, dataset: str, per_category: Mapping[str, Mapping[str, Any]],
+              mean: dict, pub: dict | None, run_info: Mapping[str, Any]) -> str:
+  cats = list(per_category)
+  lines = [f"# {method} on {dataset}", "",
+           "Values in percent. Means are over the categories where the metric is defined "
+           "(count in brackets); n/a = undefined (reasons below).", ""]
+  if pub:
+    metrics = [k for k in metrics_lib.METRICS
+               if any(k in v for v in pub["per_category"].values())]
+    src = ", ".join(sorted({pub["tables"][k] for k in metrics if k in pub["tables"]}))
+    lines += [f"## Ours vs. the paper ({src}, variant `{pub['variant']}`)", "",
+              f"Paper: {pub['paper']}. Difference = ours - paper, in points.", ""]
+    head = ["Category"]
+    for k in metrics:
+      head += [f"{TITLES[k]} ours", "paper", "diff"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for cat in cats:
+      row = [cat]
+      p = pub["per_category"].get(cat, {})
+      for k in metrics:
+        ours = per_category[cat].get(k)
+        row += [_pct(ours), _pct(p.get(k), 1) if k in p else "", _diff(ours, p.get(k))]
+      lines.append("| " + " | ".join(row) + " |")
+    row = ["**mean**"]
+    for k in metrics:
+      both = [c for c in cats if per_category[c].get(k) is not None
+              and k in pub["per_category"].get(c, {})]
+      om = float(np.mean([per_category[c][k] for c in both])) if both else None
+      pm = float(np.mean([pub["per_category"][c][k] for c in both])) if both else None
+      row += [f"{_pct(om)} ({len(both)})", _pct(pm), _diff(om, pm)]
+    lines += ["| " + " | ".join(row) + " |", "",
+              "The mean row averages the categories where both numbers exist (count in brackets); "
+              "the paper's own printed "
+              "means: " + ", ".join(f"{ds} {TITLES[k]} {100 * v:.1f}"
+                                     for ds, m in pub["paper_mean"].items()
+                                     for k, v in m.items()) + ".",
+              ""]
+  lines += ["## All metrics", ""]
+  head = ["Category"] + [TITLES[k] for k in metrics_lib.METRICS]
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for cat in cats:
+    lines.append("| " + " | ".join([cat] + [_pct(per_category[cat].get(k))
+                                          for k in metrics_lib.METRICS]) + " |")
+  lines.append("| " + " | ".join(
+      ["**mean**"] + [f"{_pct(mean[k]['mean'])} ({mean[k]['count']}/{mean[k]['of']})"
+                      for k in metrics_lib.METRICS]) + " |")
+  reasons = [(c, k, r) for c in cats for k, r in (per_category[c].get("undefined") or {}).items()]
+  if reasons:
+    lines += ["", "Undefined:", ""]
+    lines += [f"- {c} {TITLES.get(k, k)}: {r}" for c, k, r in reasons]
+  thr = run_info.get("threshold")
+  if isinstance(thr, Mapping) and "threshold" in thr:
+    lines += ["", f"Decision threshold (predict mode): {thr['threshold']:.6g} = quantile "
+              f"{thr.get('quantile')} of {thr.get('count', '?')} normal validation image scores."]
+  timings = run_info.get("timings")
+  if timings:
+    lines += ["", "Timings: " + ", ".join(f"{k} {v:.1f} s" if isinstance(v, (int, float))
+                                         else f"{k} {v}" for k, v in timings.items()) + "."]
+  return "\n".join(lines) + "\n"
+
+
+def write_reports(out_dir: str, *, method: str, dataset: str,
+                  per_category: Mapping[str, Mapping[str, Any]],
+                  run_info: Mapping[str, Any] | None = None) -> tuple[str, str]:
+  """Write <out_dir>/results.json and results.md; returns their paths.
+
+  per_category: {category: `metrics.evaluate_category` dict}; categories may be
+  "mvtec/bottle" in multi-dataset runs. run_info: free-form, stored as given;
+  ``config``, ``timings``, ``device``, ``threshold`` and ``published_variant``
+  are also read from it.
+  """
+  run_info = dict(run_info or {})
+  os.makedirs(out_dir, exist_ok=True)
+  per_category = {c: dict(v) for c, v in per_category.items()}
+  mean = metrics_lib.mean_over_categories(per_category)
+  pub = _published_block(method, dataset, list(per_category), run_info.get("published_variant"))
+  result = {
+      "schema": SCHEMA, "method": method, "dataset": dataset,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "metrics": list(metrics_lib.METRICS), "units": "fraction",
+      "per_category": per_category, "mean": mean, "published": pub,
+      "run_config": run_info.get("config"), "versions": versions(),
+      "device": run_info.get("device") or _device(), "timings": run_info.get("timings", {}),
+      "run_info": run_info,
+  }
+  json_path = os.path.join(out_dir, "results.json")
+  md_path = os.path.join(out_dir, "results.md")
+  tmp = json_path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(_jsonable(result), f, indent=2, allow_nan=False)
+  os.replace(tmp, json_path)
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write(_markdown(method, dataset, per_category, mean, pub, run_info))
+  return json_path, md_path
