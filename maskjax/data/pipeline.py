@@ -91,13 +91,25 @@ def _maybe_mp(ds: grain.IterDataset, input_cfg) -> grain.IterDataset:
 
 def train_dataset(input_cfg, records: Sequence[Record], *, global_batch_size: int, seed: int,
                   host_transform: Optional[HostTransform] = None, process_index: int = 0,
-                  process_count: int = 1) -> grain.IterDataset:
-  """Infinite training pipeline yielding host-local numpy batches (module doc)."""
+                  process_count: int = 1,
+                  samples_per_epoch: Optional[int] = None) -> grain.IterDataset:
+  """Infinite training pipeline yielding host-local numpy batches (module doc).
+
+  samples_per_epoch: None = every record once per epoch, reshuffled each
+  epoch. An int n = balanced multi-category sampling: every epoch draws n
+  records from each category (a fresh seeded permutation of the category's
+  records per epoch, cycled when it has fewer than n), shuffled together, so
+  small categories are not drowned by large ones (MALA: 200 per category).
+  """
   if not records:
     raise ConfigError("train_dataset got no records; the training split is empty")
   local = _local_batch(global_batch_size, process_count)
-  ds = grain.MapDataset.source(list(records)).seed(int(seed))
-  ds = ds.shuffle().repeat(None, reseed_each_epoch=True)
+  if samples_per_epoch:
+    ds = grain.MapDataset.range(0, 2 ** 40).map(
+        _BalancedSampler(tuple(records), int(samples_per_epoch), int(seed)))
+  else:
+    ds = grain.MapDataset.source(list(records)).seed(int(seed))
+    ds = ds.shuffle().repeat(None, reseed_each_epoch=True)
   ds = ds[process_index::process_count]
   ds = ds.map(_decoder(input_cfg))
   if host_transform is not None:
@@ -105,6 +117,40 @@ def train_dataset(input_cfg, records: Sequence[Record], *, global_batch_size: in
   ds = ds.batch(local, drop_remainder=True)
   ds = ds.to_iter_dataset(_read_options(input_cfg))
   return _maybe_mp(ds, input_cfg)
+
+
+class _BalancedSampler:
+  """Global sample index -> record, with n records per category per epoch.
+
+  Epoch e's order is a pure function of (seed, e), so the stream is
+  deterministic, resumable from any index and identical in every worker.
+  """
+
+  def __init__(self, records: tuple, per_category: int, seed: int):
+    self.records = records
+    cats = sorted({r.category_id for r in records})
+    self.by_cat = [np.array([i for i, r in enumerate(records) if r.category_id == c])
+                   for c in cats]
+    self.per_category = per_category
+    self.seed = seed
+    self.epoch_len = per_category * len(cats)
+    self._epoch, self._order = -1, None
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, epoch])
+    parts = []
+    for idx in self.by_cat:
+      reps = -(-self.per_category // len(idx))
+      perm = np.concatenate([rng.permutation(idx) for _ in range(reps)])
+      parts.append(perm[:self.per_category])
+    order = np.concatenate(parts)
+    return order[rng.permutation(len(order))]
+
+  def __call__(self, i: int):
+    epoch, j = divmod(int(i), self.epoch_len)
+    if epoch != self._epoch:
+      self._epoch, self._order = epoch, self._epoch_order(epoch)
+    return self.records[int(self._order[j])]
 
 
 @dataclasses.dataclass(frozen=True)

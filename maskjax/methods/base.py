@@ -58,8 +58,10 @@ class Stage:
     host_transform: optional per-example NumPy transform applied in grain
       workers on training examples (synthetic anomalies, crops, ...).
     train_split: "train" (normals) by default.
-    samples_per_epoch: optional `{category_id: n}` sampling quotas for
-      balanced multi-category sampling; None = uniform over training images.
+    samples_per_epoch: optional n = balanced multi-category sampling, n
+      training images per category per epoch (drawn without replacement
+      within an epoch when the category has enough); None = every training
+      image once per epoch.
   """
   name: str
   steps: int

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import collections
 import itertools
 
 import jax
@@ -118,3 +119,24 @@ def test_to_global_single_device(splits):
     assert isinstance(g[k], jax.Array) and g[k].shape == b[k].shape
     np.testing.assert_array_equal(np.asarray(g[k]), b[k])
   assert g["image"].sharding.spec == jax.sharding.PartitionSpec(("data",))
+
+
+def test_balanced_sampling_draws_n_per_category_per_epoch():
+  from maskjax.data.pipeline import _BalancedSampler
+  from maskjax.data.records import Record
+  recs = tuple(Record(f"c{c}_{i}.png", None, 0, f"c{c}", c, "good", "train")
+               for c, n in enumerate([3, 10, 40]) for i in range(n))
+  s = _BalancedSampler(recs, 8, seed=5)
+  assert s.epoch_len == 24
+  for epoch in range(3):
+    got = [s(epoch * 24 + j) for j in range(24)]
+    counts = collections.Counter(r.category_id for r in got)
+    assert counts == {0: 8, 1: 8, 2: 8}
+    # categories with >= 8 images give 8 distinct images in an epoch
+    assert len({r.path for r in got if r.category_id == 2}) == 8
+    assert len({r.path for r in got if r.category_id == 0}) == 3
+  # a pure function of (seed, index): a fresh sampler agrees, in any access order
+  t = _BalancedSampler(recs, 8, seed=5)
+  assert [t(i).path for i in range(50, 20, -1)] == [s(i).path for i in range(50, 20, -1)]
+  assert [_BalancedSampler(recs, 8, seed=6)(i).path for i in range(24)] != \
+      [s(i).path for i in range(24)]
