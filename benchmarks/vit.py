@@ -1,0 +1,121 @@
+"""Attention-map throughput of ViT-S/8 at 224: maskjax (jit) vs the PyTorch module.
+
+Same random weights (the PyTorch reference module of the tests, saved as .pth,
+converted with `maskjax.weights.convert`), same machine, same process. Timed
+unit: images -> last-block attention -> CLS saliency map [B, 28, 28]
+(maskjax `cls_attention_map` under `nnx.jit`; PyTorch `torch.no_grad()`).
+Checks that both give the same maps first. On a GPU it also times bf16
+compute (float32 params) for maskjax.
+
+  python benchmarks/vit.py [--batch 8] [--iters 3] [--out benchmarks/results/vit_cpu.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import torch_reference as tr  # noqa: E402
+
+from maskjax import weights as W  # noqa: E402
+from maskjax.models import vit  # noqa: E402
+from maskjax.weights import convert  # noqa: E402
+
+
+def _time(fn, iters: int) -> list[float]:
+  out = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    fn()
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def main() -> None:
+  p = argparse.ArgumentParser()
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--iters", type=int, default=3)
+  p.add_argument("--size", type=int, default=224)
+  p.add_argument("--out", default="")
+  a = p.parse_args()
+  backend = jax.default_backend()
+  out_path = a.out or os.path.join(ROOT, "benchmarks", "results", f"vit_{backend}.json")
+
+  torch.manual_seed(0)
+  ref = tr.VisionTransformer(patch=8, dim=384, depth=12, heads=6).eval()
+  with tempfile.TemporaryDirectory() as d:
+    torch.save(ref.state_dict(), os.path.join(d, "s8.pth"))
+    convert.convert(os.path.join(d, "s8.pth"), os.path.join(d, "out"), "vit_small_patch8")
+    models = {"float32": W.build(os.path.join(d, "out"))}
+    if backend == "gpu":
+      models["bfloat16"] = W.build(os.path.join(d, "out"), dtype=jnp.bfloat16)
+
+  grid = (a.size // 8, a.size // 8)
+
+  @nnx.jit
+  def jax_maps(model, x):
+    return vit.cls_attention_map(model(x, return_attention=True)["attention"], grid)
+
+  def torch_maps(x):
+    with torch.no_grad():
+      _, _, attn = ref(x)
+      return attn[:, :, 0, 1:].mean(1).reshape(x.shape[0], *grid)
+
+  rng = np.random.default_rng(0)
+  x_np = rng.standard_normal((a.batch, a.size, a.size, 3)).astype(np.float32)
+  x_t = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy())
+  x_j = jax.device_put(jnp.asarray(x_np))
+
+  t0 = time.perf_counter()
+  m_jax = np.asarray(jax_maps(models["float32"], x_j))
+  compile_s = time.perf_counter() - t0
+  m_t = torch_maps(x_t).numpy()
+  max_rel = float(np.max(np.abs(m_jax - m_t)) / np.max(np.abs(m_t)))
+
+  rows = []
+  for name, model in models.items():
+    if name != "float32":
+      jax_maps(model, x_j).block_until_ready()
+    ts = _time(lambda: jax_maps(model, x_j).block_until_ready(), a.iters)
+    rows.append(dict(impl="maskjax", dtype=name, device=str(jax.devices()[0]),
+                     batch=a.batch, best_s=min(ts), images_per_s=a.batch / min(ts)))
+  ts = _time(lambda: torch_maps(x_t), a.iters)
+  rows.append(dict(impl="pytorch", dtype="float32", device="cpu", batch=a.batch, best_s=min(ts),
+                   images_per_s=a.batch / min(ts)))
+
+  print(f"ViT-S/8 at {a.size}x{a.size}, batch {a.batch}, best of {a.iters}; "
+        f"maps agree to {max_rel:.2e} (max rel); maskjax compile {compile_s:.1f} s")
+  print(f"{'impl':<10}{'dtype':<10}{'device':<14}{'s/batch':>10}{'images/s':>12}")
+  for r in rows:
+    print(f"{r['impl']:<10}{r['dtype']:<10}{r['device']:<14}{r['best_s']:>10.3f}"
+          f"{r['images_per_s']:>12.2f}")
+  result = dict(
+      benchmark="vit_s8_attention_map_throughput", image_size=a.size, batch=a.batch,
+      iters=a.iters, max_rel_diff_maps=max_rel, maskjax_compile_s=compile_s, rows=rows,
+      machine=dict(platform=platform.platform(), processor=platform.processor(),
+                   cpu_count=os.cpu_count(), python=platform.python_version(),
+                   jax=jax.__version__, jax_backend=backend,
+                   jax_devices=[str(dv) for dv in jax.devices()], torch=torch.__version__,
+                   torch_threads=torch.get_num_threads(),
+                   load_avg=os.getloadavg() if hasattr(os, "getloadavg") else None))
+  os.makedirs(os.path.dirname(out_path), exist_ok=True)
+  with open(out_path, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {out_path}")
+
+
+if __name__ == "__main__":
+  main()
