@@ -307,7 +307,8 @@ def list_texture_files(texture_dir: str) -> list[str]:
         files.append(os.path.join(root, n))
   if not files:
     raise DataError(f"texture_dir {texture_dir!r} holds no image files {IMAGE_EXTENSIONS}; "
-                    "give a folder of images (e.g. DTD's dtd/images) or '' for the built-in textures")
+                    "give a folder of images (e.g. DTD's dtd/images) or '' for the built-in "
+                    "textures")
   return files
 
 
