@@ -8,8 +8,9 @@ Layout: `<workdir>/checkpoints/<stage>/<step>/` with three items:
          shard of the data order.
   meta   JSON: {"step", "stage", "stage_index", "seed", "final", "steps"}.
 
-A stage is complete when its latest checkpoint has `meta["final"] == True`
-(written by the save at the stage's last step). Saves are asynchronous when
+A stage is complete when its latest step is >= the stage's step count (the
+save at the last step has `meta["final"] == True`; a checkpoint beyond a
+lowered `train.steps` also counts as the end). Saves are asynchronous when
 `config.train.async_checkpoint`; `wait()` blocks until they are committed.
 Orbax commits a step atomically (temporary directory, then rename), so a
 process killed mid-save leaves the previous step as the latest one.

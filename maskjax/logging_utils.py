@@ -5,14 +5,21 @@ that does nothing (their metrics are the same global values).
 
   <workdir>/metrics.jsonl   one JSON object per log step:
                             {"stage", "step", <metric>: float, ..., "images_per_s", "lr"?, "time"}
-  <workdir>/tb/             TensorBoard event files (tensorboardX; no TensorFlow needed),
-                            scalars tagged "<stage>/<metric>".
+  <workdir>/tb/             TensorBoard event files, scalars tagged "<stage>/<metric>".
+
+The event files are written by `ScalarEventWriter` below (TFRecord framing
+with masked CRC-32C, `Event`/`Summary` protobufs encoded by hand: the few
+fields scalars need). Neither TensorFlow nor tensorboardX is imported: the
+latter pulls in PyTorch when installed, which costs seconds and hundreds of MB
+per process. TensorBoard reads the files as usual (`tensorboard --logdir <workdir>/tb`).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import socket
+import struct
 import sys
 import time
 from typing import Optional
@@ -46,9 +53,8 @@ class MetricLogger:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
     try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tb"))
-    except Exception as e:  # noqa: BLE001 - TensorBoard is optional
+      self._tb = ScalarEventWriter(os.path.join(workdir, "tb"))
+    except OSError as e:  # TensorBoard is optional
       logging.warning("TensorBoard logging disabled: %s", e)
     if progress_bar and _is_tty():
       from tqdm import tqdm
@@ -106,6 +112,96 @@ class MetricLogger:
 
   def __exit__(self, *exc):
     self.close()
+
+
+# ----------------------------------------------------------------------------
+# TensorBoard event files
+# ----------------------------------------------------------------------------
+def _crc32c_table() -> list[int]:
+  table = []
+  for i in range(256):
+    c = i
+    for _ in range(8):
+      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+    table.append(c)
+  return table
+
+
+_CRC_TABLE = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+  """CRC-32C (Castagnoli), as TFRecord uses."""
+  c = 0xFFFFFFFF
+  for b in data:
+    c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
+  return c ^ 0xFFFFFFFF
+
+
+def _masked_crc(data: bytes) -> int:
+  c = crc32c(data)
+  return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    b = n & 0x7F
+    n >>= 7
+    if n:
+      out.append(b | 0x80)
+    else:
+      out.append(b)
+      return bytes(out)
+
+
+def _field(num: int, wire: int, payload: bytes) -> bytes:
+  return _varint((num << 3) | wire) + payload
+
+
+def _event(wall_time: float, step: int = 0, *, file_version: str | None = None,
+           scalars: dict | None = None) -> bytes:
+  """Encode tensorboard's `Event` proto: wall_time=1 (double), step=2 (int64),
+  file_version=3 (string), summary=5 (Summary: value=1 repeated {tag=1, simple_value=2})."""
+  msg = _field(1, 1, struct.pack("<d", wall_time))
+  if step:
+    msg += _field(2, 0, _varint(int(step) & 0xFFFFFFFFFFFFFFFF))
+  if file_version is not None:
+    fv = file_version.encode()
+    msg += _field(3, 2, _varint(len(fv)) + fv)
+  if scalars:
+    summary = b""
+    for tag, v in scalars.items():
+      t = tag.encode()
+      value = _field(1, 2, _varint(len(t)) + t) + _field(2, 5, struct.pack("<f", float(v)))
+      summary += _field(1, 2, _varint(len(value)) + value)
+    msg += _field(5, 2, _varint(len(summary)) + summary)
+  return msg
+
+
+class ScalarEventWriter:
+  """Append-only TensorBoard event file of scalar summaries."""
+
+  def __init__(self, logdir: str):
+    os.makedirs(logdir, exist_ok=True)
+    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
+    self.path = os.path.join(logdir, name)
+    self._f = open(self.path, "ab")
+    self._write(_event(time.time(), file_version="brain.Event:2"))
+
+  def _write(self, record: bytes) -> None:
+    header = struct.pack("<Q", len(record))
+    self._f.write(header + struct.pack("<I", _masked_crc(header)) + record
+                  + struct.pack("<I", _masked_crc(record)))
+
+  def add_scalar(self, tag: str, value: float, step: int) -> None:
+    self._write(_event(time.time(), step, scalars={tag: value}))
+
+  def flush(self) -> None:
+    self._f.flush()
+
+  def close(self) -> None:
+    self._f.close()
 
 
 def _fmt_eta(seconds: float) -> str:

@@ -1,0 +1,656 @@
+"""The generic training loop: mesh, jit, checkpoint/resume, logging, evaluation.
+
+`run(config, workdir, mode)` serves every method through the `Method`/`Stage`
+contract (`maskjax.methods.base`); it never looks at the method's name.
+
+Train mode, for each stage of `method.stages()` in order:
+  * checkpoints in `<workdir>/checkpoints/<stage.name>/<step>/`;
+  * a complete stage (its final step saved) is restored (only when needed)
+    and skipped; an incomplete one resumes from its latest step (state, data
+    iterator position); a new one is initialised by `stage.init(rng, prev)`
+    under `jax.jit` with the state's shardings;
+  * `train_step` runs under `jax.jit` with explicit in/out shardings and a
+    donated state; metrics stay on device and are fetched (all steps since the
+    last fetch) at log steps and before every checkpoint, so a NaN/Inf is
+    caught at the first bad step and never saved.
+Then calibration on the validation split and evaluation on the test split.
+
+Randomness (everything a pure function of (seed, stage, step), so a resumed
+run is bit-identical to an uninterrupted one on the same devices):
+  root = jax.random.key(config.seed)
+  stage key  = fold_in(root, stage_index)
+  step rng   = fold_in(stage key, step)          step = 0 .. steps-1 (computed on device)
+  init rng   = fold_in(root, 10_000 + stage_index)
+  data seed  = SeedSequence([config.seed, stage_index]) (grain shuffles / host rngs)
+
+Workdir identity: a workdir belongs to one run. `config.json` is written at
+start; a later run in the same workdir must agree on the keys in
+`IDENTITY_KEYS` (WorkdirError naming the differing keys otherwise); other keys
+(train.steps, log_every, eval.*, ...) may change on resume.
+"""
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+import os
+import time
+from typing import Any, Iterable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from maskjax import checkpoint as ckpt_lib
+from maskjax import logging_utils
+from maskjax import mesh as mesh_lib
+from maskjax.errors import (CheckpointError, ConfigError, DataError, NonFiniteLossError,
+                            WorkdirError)
+
+PyTree = Any
+
+#: config keys that define a run; a workdir refuses a config that differs on any.
+IDENTITY_KEYS = ("seed", "method.name", "model", "input.image_size", "input.categories",
+                 "input.format", "input.data_dir")
+
+MODES = ("train", "eval", "predict")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+# ----------------------------------------------------------------------------
+# data access (the contract of maskjax.data; replaceable for tests)
+# ----------------------------------------------------------------------------
+class DataAPI:
+  """How the loop gets its data: `maskjax.data.sources` / `maskjax.data.pipeline`.
+
+  Tests pass another object with the same four methods to `run`/`train_all`.
+  """
+
+  def load_splits(self, input_cfg, seed: int):
+    from maskjax.data import sources
+    return sources.load_splits(input_cfg, seed)
+
+  def train_iterator(self, input_cfg, records, *, global_batch_size: int, seed: int,
+                     host_transform=None, process_index: int = 0, process_count: int = 1,
+                     samples_per_epoch=None) -> Iterator[dict]:
+    from maskjax.data import pipeline
+    kwargs = dict(global_batch_size=global_batch_size, seed=seed,
+                  host_transform=host_transform, process_index=process_index,
+                  process_count=process_count)
+    if samples_per_epoch is not None:
+      if "samples_per_epoch" in inspect.signature(pipeline.train_dataset).parameters:
+        kwargs["samples_per_epoch"] = samples_per_epoch
+      else:
+        logging.warning("the data pipeline ignores Stage.samples_per_epoch")
+    return iter(pipeline.train_dataset(input_cfg, records, **kwargs))
+
+  def eval_batches(self, input_cfg, records, *, global_batch_size: int, process_index: int = 0,
+                   process_count: int = 1) -> Iterable[dict]:
+    from maskjax.data import pipeline
+    return pipeline.eval_batches(input_cfg, records, global_batch_size=global_batch_size,
+                                 process_index=process_index, process_count=process_count)
+
+  def to_global(self, batch: dict, mesh) -> dict:
+    return mesh_lib.host_to_global(batch, mesh, mesh_lib.BATCH_AXES)
+
+
+# ----------------------------------------------------------------------------
+# workdir
+# ----------------------------------------------------------------------------
+def _get_path(tree: dict, dotted: str):
+  node = tree
+  for part in dotted.split("."):
+    if not isinstance(node, dict) or part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def check_workdir(config, workdir: str, *, write: bool = True) -> None:
+  """Refuse a workdir holding another run; write `config.json` (process 0)."""
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json())
+  if os.path.exists(path):
+    try:
+      with open(path, encoding="utf-8") as f:
+        previous = json.load(f)
+    except (OSError, ValueError) as e:
+      raise WorkdirError(f"{path} is not a readable config ({e}); use another --workdir") from e
+    diffs = []
+    for key in IDENTITY_KEYS:
+      a, b = _get_path(previous, key), _get_path(current, key)
+      if a != b:
+        diffs.append(f"{key}: workdir has {a!r}, config has {b!r}")
+    if diffs:
+      raise WorkdirError(
+          f"--workdir={workdir} holds a different run ({path}); differing keys: "
+          + "; ".join(diffs) + ". Use a new --workdir, or the original config to resume it")
+  if write and jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+      f.write(config.to_json(indent=2))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------
+# one stage, compiled
+# ----------------------------------------------------------------------------
+def stage_key(seed: int, stage_index: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), stage_index)
+
+
+def init_key(seed: int, stage_index: int) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), 10_000 + stage_index)
+
+
+def data_seed(seed: int, stage_index: int) -> int:
+  return int(np.random.SeedSequence([int(seed), int(stage_index)]).generate_state(1)[0] >> 1)
+
+
+class CompiledStage:
+  """A stage's init and train step under `jax.jit` with explicit shardings.
+
+    cs = CompiledStage(stage, mesh, config.mesh, abstract_previous_state)
+    state = cs.init(rng, previous_state)
+    state, metrics, step = cs.step(state, batch, key, step)   # state and step donated
+
+  `step` is an int32 device scalar (replicated); the step rng is
+  `fold_in(key, step)` computed on device, so no host transfer per step.
+  """
+
+  def __init__(self, stage, mesh, mesh_cfg=None, abstract_previous: PyTree = None,
+               donate: bool = True):
+    self.stage = stage
+    self.mesh = mesh
+    self.abstract_state = jax.eval_shape(stage.init, jax.random.key(0), abstract_previous)
+    self.state_shardings = mesh_lib.state_shardings(self.abstract_state, mesh, mesh_cfg)
+    self.abstract_with_shardings = mesh_lib.with_shardings(self.abstract_state,
+                                                           self.state_shardings)
+    self.batch_sharding = mesh_lib.batch_sharding(mesh)
+    self.replicated = mesh_lib.replicated(mesh)
+    self.init = jax.jit(stage.init, out_shardings=self.state_shardings)
+    train_step = stage.train_step
+
+    def step_fn(state, batch, key, step):
+      state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
+      return state, metrics, step + 1
+
+    self.step = jax.jit(step_fn,
+                        in_shardings=(self.state_shardings, self.batch_sharding,
+                                      self.replicated, self.replicated),
+                        out_shardings=(self.state_shardings, self.replicated, self.replicated),
+                        donate_argnums=(0, 3) if donate else ())
+
+  def step_counter(self, step: int) -> jax.Array:
+    """Replicated int32 step (created under jit: works on multi-process meshes)."""
+    return jax.jit(lambda: jnp.asarray(step, jnp.int32), out_shardings=self.replicated)()
+
+  def init_from_seed(self, seed: int, stage_index: int, previous_state: PyTree) -> PyTree:
+    """`stage.init(init_key(seed, stage_index), previous_state)` with the key made
+    inside the jitted function (no host array crosses to a multi-process mesh)."""
+    stage = self.stage
+    fn = jax.jit(lambda prev: stage.init(init_key(seed, stage_index), prev),
+                 out_shardings=self.state_shardings)
+    return fn(previous_state)
+
+  def stage_key(self, seed: int, stage_index: int) -> jax.Array:
+    """Replicated `stage_key(seed, stage_index)`."""
+    return jax.jit(lambda: stage_key(seed, stage_index), out_shardings=self.replicated)()
+
+
+def _first_non_finite(pending: list[tuple[int, dict]]) -> Optional[tuple[int, str, float]]:
+  """First (step, term, value) with a non-finite value. Within a step the loss
+  terms ("loss/...") are checked first, then the total "loss", then any other
+  metric (grad_norm, ...), so the term at fault is named, not its consequences."""
+  def order(k):
+    return (0 if k.startswith("loss/") else 1 if k == "loss" else 2, k)
+  for step, metrics in pending:
+    keys = sorted(metrics, key=order)
+    for k in keys:
+      v = np.asarray(metrics[k])
+      if not np.all(np.isfinite(v)):
+        return step, k, float(v.reshape(-1)[~np.isfinite(v.reshape(-1))][0])
+  return None
+
+
+def _records_for(splits, name: str):
+  if not hasattr(splits, name):
+    raise ConfigError(f"Stage.train_split={name!r} is not a split (train, val, test)")
+  return getattr(splits, name)
+
+
+def train_stage(config, workdir: str, stage, stage_index: int, previous_state: PyTree, mesh,
+                splits, data: DataAPI, abstract_previous: PyTree = None) -> PyTree:
+  """Train (or resume, or skip when complete) one stage; returns its final state."""
+  tcfg = config.train
+  ckpt_dir = os.path.join(workdir, "checkpoints", stage.name)
+  if abstract_previous is None and previous_state is not None:
+    abstract_previous = jax.eval_shape(lambda x: x, previous_state)
+  cs = CompiledStage(stage, mesh, config.mesh, abstract_previous)
+  ckpt = ckpt_lib.StageCheckpointer(ckpt_dir, max_to_keep=int(tcfg.get("keep_checkpoints", 2)),
+                                    async_save=bool(tcfg.get("async_checkpoint", True)))
+  try:
+    latest = ckpt.latest_step()
+    if latest is not None and latest >= stage.steps:
+      logging_utils.info("stage %s complete (step %d of %d): restoring", stage.name, latest,
+                         stage.steps)
+      state, _ = ckpt.restore(latest, cs.abstract_with_shardings)
+      return state
+
+    mesh_lib.per_host_batch_size(stage.batch_size, jax.device_count(), jax.process_count())
+    it = data.train_iterator(
+        config.input, _records_for(splits, stage.train_split),
+        global_batch_size=stage.batch_size, seed=data_seed(config.seed, stage_index),
+        host_transform=stage.host_transform, process_index=jax.process_index(),
+        process_count=jax.process_count(), samples_per_epoch=stage.samples_per_epoch)
+    if latest is not None:
+      state, meta = ckpt.restore(latest, cs.abstract_with_shardings, data_iterator=it)
+      step = int(meta["step"])
+      logging_utils.info("stage %s: resuming from step %d (%s)", stage.name, step, ckpt_dir)
+    else:
+      state = cs.init_from_seed(int(config.seed), stage_index, previous_state)
+      step = 0
+      logging_utils.info("stage %s: initialised, %d steps, global batch %d", stage.name,
+                         stage.steps, stage.batch_size)
+    last_good = latest
+    key = cs.stage_key(int(config.seed), stage_index)
+    step_dev = cs.step_counter(step)
+    log_every = max(int(tcfg.get("log_every", 10)), 1)
+    ckpt_every = max(int(tcfg.get("checkpoint_every", 0)), 0)
+    logger = logging_utils.MetricLogger(workdir, stage=stage.name, total_steps=stage.steps,
+                                        start_step=step,
+                                        progress_bar=bool(tcfg.get("progress_bar", True)))
+    pending: list[tuple[int, dict]] = []
+    first = True
+    try:
+      while step < stage.steps:
+        batch = data.to_global(next(it), mesh)
+        state, metrics, step_dev = cs.step(state, batch, key, step_dev)
+        step += 1
+        pending.append((step, metrics))
+        if first:
+          jax.block_until_ready(metrics)
+          logging_utils.info("stage %s: first step (compile + run) done", stage.name)
+          logger.reset_clock(step)
+          first = False
+        is_final = step == stage.steps
+        do_ckpt = is_final or (ckpt_every and step % ckpt_every == 0)
+        if do_ckpt or step % log_every == 0:
+          fetched = jax.device_get(pending)
+          pending = []
+          bad = _first_non_finite(fetched)
+          if bad is not None:
+            s, term, value = bad
+            raise NonFiniteLossError(
+                f"non-finite loss at step {s}: {term}={value} (stage {stage.name}); "
+                f"last good checkpoint: "
+                + (f"step {last_good} in {ckpt_dir}" if last_good is not None else "none"))
+          last_metrics = fetched[-1][1]
+          logger.log(step, {k: np.asarray(v).reshape(-1)[0] for k, v in last_metrics.items()},
+                     batch_size=stage.batch_size)
+        if do_ckpt:
+          ckpt.save(step, state, data_iterator=it,
+                    meta=_meta(config, stage, stage_index, step, is_final))
+          last_good = step
+    finally:
+      logger.close()
+    ckpt.wait()
+    return state
+  finally:
+    ckpt.close()
+
+
+def _meta(config, stage, stage_index, step, final) -> dict:
+  return {"stage": stage.name, "stage_index": int(stage_index), "seed": int(config.seed),
+          "steps": int(stage.steps), "final": bool(final), "step": int(step),
+          "process_count": jax.process_count(), "num_devices": jax.device_count()}
+
+
+def _stage_complete(workdir: str, stage) -> bool:
+  d = os.path.join(workdir, "checkpoints", stage.name)
+  if not ckpt_lib.has_checkpoint(d):
+    return False
+  c = ckpt_lib.StageCheckpointer(d, async_save=False)
+  try:
+    latest = c.latest_step()
+    return latest is not None and latest >= stage.steps
+  finally:
+    c.close()
+
+
+def _restore_final(workdir: str, stage, stage_index: int, mesh, mesh_cfg, abstract_previous):
+  d = os.path.join(workdir, "checkpoints", stage.name)
+  cs = CompiledStage(stage, mesh, mesh_cfg, abstract_previous)
+  c = ckpt_lib.StageCheckpointer(d, async_save=False)
+  try:
+    latest = c.latest_step()
+    if latest is None:
+      raise CheckpointError(f"no checkpoint of stage {stage.name!r} in {d}; train first "
+                            "(--mode=train)")
+    state, _ = c.restore(latest, cs.abstract_with_shardings)
+    return state, cs.abstract_state
+  finally:
+    c.close()
+
+
+def train_all(config, workdir: str, method, mesh, splits, data: Optional[DataAPI] = None):
+  """Train every stage in order (resuming / skipping complete ones); returns
+  the final state of the last stage."""
+  data = data or DataAPI()
+  stages = method.stages()
+  if not stages:
+    raise ConfigError(f"method {config.method.name!r} has no stages")
+  complete = [_stage_complete(workdir, s) for s in stages]
+  state, abstract = None, None
+  for i, stage in enumerate(stages):
+    needed_later = i == len(stages) - 1 or not complete[i + 1]
+    if complete[i] and not needed_later:
+      cs = CompiledStage(stage, mesh, config.mesh, abstract)
+      abstract, state = cs.abstract_state, None
+      logging_utils.info("stage %s complete, skipped", stage.name)
+      continue
+    if state is None and abstract is not None:   # a skipped stage's state is needed now
+      state, abstract = _restore_final(workdir, stages[i - 1], i - 1, mesh, config.mesh,
+                                       _abstract_before(stages, i - 1, mesh, config.mesh))
+    state = train_stage(config, workdir, stage, i, state, mesh, splits, data,
+                        abstract_previous=abstract)
+    abstract = jax.eval_shape(lambda x: x, state)
+  return state
+
+
+def _abstract_before(stages, index, mesh, mesh_cfg):
+  abstract = None
+  for s in stages[:index]:
+    abstract = jax.eval_shape(s.init, jax.random.key(0), abstract)
+  return abstract
+
+
+def restore_final_state(config, workdir: str, method, mesh):
+  """The final state of the last stage (eval/predict modes)."""
+  stages = method.stages()
+  for s in stages:
+    if not _stage_complete(workdir, s):
+      raise CheckpointError(
+          f"stage {s.name!r} of {workdir} is not trained to its end "
+          f"({os.path.join(workdir, 'checkpoints', s.name)}); run --mode=train first")
+  state, _ = _restore_final(workdir, stages[-1], len(stages) - 1, mesh, config.mesh,
+                            _abstract_before(stages, len(stages) - 1, mesh, config.mesh))
+  return state
+
+
+# ----------------------------------------------------------------------------
+# evaluation
+# ----------------------------------------------------------------------------
+def _to_jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _to_jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_to_jsonable(v) for v in x]
+  if isinstance(x, (jax.Array, np.ndarray, np.generic)):
+    a = np.asarray(x)
+    return a.item() if a.ndim == 0 else a.tolist()
+  return x
+
+
+def _gather(tree):
+  """Global jax.Arrays -> full numpy arrays on every host."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree)
+
+
+def _gather_local(arr: np.ndarray) -> np.ndarray:
+  """Host-local rows (this process's part of a global batch) -> all rows."""
+  if jax.process_count() == 1:
+    return np.asarray(arr)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(np.asarray(arr), tiled=True))
+
+
+def _calibration_args(calibration: dict) -> dict:
+  """Calibration values as jit arguments: global jax.Arrays stay, the rest
+  become numpy (identical on every process, so jit treats them as replicated)."""
+  return jax.tree.map(lambda v: v if isinstance(v, jax.Array) else np.asarray(v), calibration)
+
+
+def score_split(config, method, state, calibration, mesh, records, data: DataAPI,
+                keep_maps: bool = True) -> dict:
+  """Score every record: -> {"image_score" [N], "anomaly_map" [N,H,W] (if keep_maps),
+  "label" [N], "mask" [N,H,W] (if keep_maps), "index" [N]} in record order."""
+  score_fn = jax.jit(method.score)
+  bs = int(config.input.eval_batch_size)
+  mesh_lib.per_host_batch_size(bs, jax.device_count(), jax.process_count(),
+                               "input.eval_batch_size")
+  cal = _calibration_args(calibration)
+  parts = {k: [] for k in ("image_score", "anomaly_map", "label", "mask", "index")}
+  for host_batch in data.eval_batches(config.input, records, global_batch_size=bs,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count()):
+    out = _gather(score_fn(state, data.to_global(host_batch, mesh), cal))
+    valid = _gather_local(host_batch["valid"]).astype(bool)
+    parts["image_score"].append(np.asarray(out["image_score"], np.float32)[valid])
+    parts["index"].append(_gather_local(host_batch["index"])[valid])
+    parts["label"].append(_gather_local(host_batch["label"])[valid])
+    if keep_maps:
+      parts["anomaly_map"].append(np.asarray(out["anomaly_map"], np.float32)[valid])
+      parts["mask"].append(_gather_local(host_batch["mask"])[valid])
+  res = {k: np.concatenate(v) for k, v in parts.items() if v}
+  order = np.argsort(res["index"], kind="stable") if "index" in res else None
+  return {k: v[order] for k, v in res.items()} if order is not None else res
+
+
+def _val_batches(config, splits, mesh, data):
+  bs = int(config.input.eval_batch_size)
+  for b in data.eval_batches(config.input, splits.val, global_batch_size=bs,
+                             process_index=jax.process_index(),
+                             process_count=jax.process_count()):
+    yield data.to_global(b, mesh)
+
+
+def _dataset_name(config) -> str:
+  fmt = str(config.input.format)
+  if not config.input.data_dir:
+    return "demo"
+  if fmt in ("mvtec", "visa"):
+    return fmt
+  return os.path.basename(os.path.normpath(str(config.input.data_dir))) or fmt
+
+
+def calibrate(config, workdir, method, state, mesh, splits, data) -> tuple[dict, Any]:
+  """Method calibration + decision threshold on the validation split (saved)."""
+  from maskjax.eval import threshold
+  calibration = method.calibrate(state, _val_batches(config, splits, mesh, data)) or {}
+  if len(splits.val) == 0:
+    raise ConfigError("the validation split is empty: raise config.input.val_fraction "
+                      f"(now {config.input.val_fraction}) so thresholds can be fitted")
+  val = score_split(config, method, state, calibration, mesh, splits.val, data)
+  stats = threshold.fit(val["image_score"], float(config.eval.threshold_quantile),
+                        val_maps=val["anomaly_map"])
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "calibration.json"), "w", encoding="utf-8") as f:
+      json.dump({"calibration": _to_jsonable(calibration),
+                 "threshold": _to_jsonable(stats)}, f, indent=2)
+  return calibration, stats
+
+
+def load_calibration(workdir: str) -> tuple[dict, Any]:
+  path = os.path.join(workdir, "calibration.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{path} does not exist; evaluate the run first (--mode=eval)")
+  with open(path, encoding="utf-8") as f:
+    d = json.load(f)
+  return d["calibration"], d["threshold"]
+
+
+def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAPI] = None,
+             timings: Optional[dict] = None) -> dict:
+  """Calibrate on validation, score the test split, per-category metrics and reports."""
+  from maskjax.eval import metrics as metrics_lib
+  from maskjax.eval import report
+  data = data or DataAPI()
+  if not splits.test:
+    raise DataError(f"the test split of {config.input.data_dir or 'the demo data'} is empty "
+                    f"(config.input.categories={tuple(config.input.categories)}): nothing to "
+                    "evaluate")
+  t0 = time.perf_counter()
+  calibration, stats = calibrate(config, workdir, method, state, mesh, splits, data)
+  test = score_split(config, method, state, calibration, mesh, splits.test, data)
+  eval_time = time.perf_counter() - t0
+  cat_of = np.asarray([r.category for r in splits.test])[test["index"]]
+  per_category = {}
+  for cat in splits.categories:
+    sel = cat_of == cat
+    if not np.any(sel):
+      continue
+    per_category[cat] = metrics_lib.evaluate_category(
+        test["image_score"][sel], test["label"][sel], test["anomaly_map"][sel],
+        test["mask"][sel])
+  mean = {k: v["mean"] for k, v in metrics_lib.mean_over_categories(per_category).items()}
+  results = {"per_category": per_category, "mean": mean}
+  if jax.process_index() == 0:
+    out_dir = os.path.join(workdir, "eval")
+    run_info = {"config": json.loads(config.to_json()), "timings": dict(timings or {},
+                                                                         eval_s=eval_time),
+                "device": mesh_lib.describe_devices(), "describe": method.describe(),
+                "threshold": _to_jsonable(stats)}
+    json_path, md_path = report.write_reports(out_dir, method=config.method.name,
+                                              dataset=_dataset_name(config),
+                                              per_category=per_category, run_info=run_info)
+    results.update(report_json=str(json_path), report_md=str(md_path))
+    if config.eval.get("plots", True):
+      _plots(config, out_dir, splits, test)
+    m = results["mean"]
+    print(f"report: {md_path}")
+    print("mean image AUROC {} | pixel AUROC {} | AUPRO {}".format(
+        *(_fmt(m.get(k)) for k in ("image_auroc", "pixel_auroc", "aupro"))))
+  return results
+
+
+def _fmt(v) -> str:
+  return "n/a" if v is None else f"{v:.4f}"
+
+
+def _plots(config, out_dir, splits, test) -> None:
+  """Heatmap overlays and ROC/PRO curves (maskjax.eval.plots); a failure is a warning."""
+  from maskjax.eval import plots
+  try:
+    records = [splits.test[i] for i in test["index"]]
+    plots.heatmap_overlays(out_dir, records=records, anomaly_maps=test["anomaly_map"],
+                           image_size=int(config.input.image_size),
+                           num_per_category=int(config.eval.num_heatmaps))
+    plots.roc_pro_curves(out_dir, records=records, image_scores=test["image_score"],
+                         anomaly_maps=test["anomaly_map"], masks=test["mask"])
+  except Exception as e:  # noqa: BLE001 - plots never fail a finished run
+    logging.warning("plots failed: %s: %s", type(e).__name__, e)
+
+
+# ----------------------------------------------------------------------------
+# prediction on a folder of images
+# ----------------------------------------------------------------------------
+def predict(config, workdir, method, state, mesh, predict_dir: str) -> dict:
+  """Score every image in `predict_dir`; write `<workdir>/predict/scores.csv`
+  (path, raw score, normalised score, decision) and one heatmap PNG per image."""
+  from PIL import Image
+
+  from maskjax.data import images
+  from maskjax.eval import threshold
+  if not predict_dir or not os.path.isdir(predict_dir):
+    raise ConfigError(f"predict mode needs a folder of images: config.eval.predict_dir / "
+                      f"--predict_dir is {predict_dir!r}")
+  paths = sorted(os.path.join(predict_dir, n) for n in os.listdir(predict_dir)
+                 if n.lower().endswith(IMAGE_EXTENSIONS))
+  if not paths:
+    raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {predict_dir}")
+  calibration, stats = load_calibration(workdir)
+  size = int(config.input.image_size)
+  bs = int(config.input.eval_batch_size)
+  local = mesh_lib.per_host_batch_size(bs, jax.device_count(), jax.process_count(),
+                                       "input.eval_batch_size")
+  lo = jax.process_index() * local
+  score_fn = jax.jit(method.score)
+  cal = _calibration_args(calibration)
+  scores, maps = [], []
+  for start in range(0, len(paths), bs):
+    chunk = paths[start:start + bs]
+    imgs = np.zeros((bs, size, size, 3), np.float32)
+    for j, p in enumerate(chunk):
+      imgs[j] = images.load_image(p, size)
+    n = len(chunk)
+    host = {"image": imgs, "mask": np.zeros((bs, size, size), np.float32),
+            "label": np.zeros((bs,), np.int32), "category_id": np.zeros((bs,), np.int32),
+            "valid": np.arange(bs) < n, "index": np.arange(start, start + bs, dtype=np.int32)}
+    host = {k: v[lo:lo + local] for k, v in host.items()}
+    out = _gather(score_fn(state, mesh_lib.host_to_global(host, mesh), cal))
+    scores.append(np.asarray(out["image_score"], np.float32)[:n])
+    maps.append(np.asarray(out["anomaly_map"], np.float32)[:n])
+  scores = np.concatenate(scores)
+  maps = np.concatenate(maps)
+  norm = np.asarray(threshold.normalize(scores, stats), np.float64)
+  decision = np.asarray(threshold.decide(scores, stats), bool)
+  out_dir = os.path.join(workdir, "predict")
+  if jax.process_index() == 0:
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "scores.csv"), "w", newline="", encoding="utf-8") as f:
+      w = csv.writer(f)
+      w.writerow(["path", "score", "normalized_score", "anomalous"])
+      for p, s, ns, d in zip(paths, scores, norm, decision):
+        w.writerow([p, f"{s:.6g}", f"{ns:.6g}", int(d)])
+    lo_v, hi_v = float(np.min(maps)), float(np.max(maps))
+    for p, m in zip(paths, maps):
+      heat = np.clip((m - lo_v) / max(hi_v - lo_v, 1e-12), 0, 1)
+      name = os.path.splitext(os.path.basename(p))[0] + "_heatmap.png"
+      Image.fromarray((heat * 255).round().astype(np.uint8)).save(os.path.join(out_dir, name))
+    print(f"scores: {os.path.join(out_dir, 'scores.csv')} ({len(paths)} images, "
+          f"{int(np.sum(decision))} anomalous)")
+  return {"paths": paths, "scores": scores, "normalized_scores": norm, "decisions": decision,
+          "out_dir": out_dir}
+
+
+
+
+# ----------------------------------------------------------------------------
+# entry point
+# ----------------------------------------------------------------------------
+def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = None, *,
+        data: Optional[DataAPI] = None, evaluate_after_train: bool = True) -> dict:
+  """Train (all stages) then evaluate, or evaluate / predict with the final
+  checkpoint of `workdir`. Returns a dict of results (metrics, paths)."""
+  from maskjax.methods import build_method
+  if mode not in MODES:
+    raise ConfigError(f"--mode={mode!r}; known: {', '.join(MODES)}")
+  mesh_lib.maybe_initialize_distributed()
+  workdir = os.path.abspath(workdir)
+  if mode == "train":
+    check_workdir(config, workdir)
+  else:
+    if not os.path.exists(os.path.join(workdir, "config.json")):
+      raise WorkdirError(f"--workdir={workdir} holds no run (no config.json); train first")
+    check_workdir(config, workdir, write=False)
+  data = data or DataAPI()
+  method = build_method(config)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  for k, v in (method.describe() or {}).items():
+    logging_utils.info("method %s: %s", k, v)
+  logging_utils.info("devices: %s, mesh %s", mesh_lib.describe_devices(), dict(mesh.shape))
+  results: dict = {"workdir": workdir, "mode": mode}
+  if mode == "predict":
+    state = restore_final_state(config, workdir, method, mesh)
+    results.update(predict(config, workdir, method, state, mesh,
+                           predict_dir or str(config.eval.get("predict_dir", ""))))
+    return results
+  splits = data.load_splits(config.input, int(config.seed))
+  timings = {}
+  if mode == "train":
+    t0 = time.perf_counter()
+    state = train_all(config, workdir, method, mesh, splits, data)
+    timings["train_s"] = time.perf_counter() - t0
+    if not evaluate_after_train:
+      results["state"] = state
+      return results
+  else:
+    state = restore_final_state(config, workdir, method, mesh)
+  results.update(evaluate(config, workdir, method, state, mesh, splits, data, timings))
+  return results

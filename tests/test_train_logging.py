@@ -1,0 +1,64 @@
+"""metrics.jsonl / TensorBoard event files of maskjax.logging_utils."""
+from __future__ import annotations
+
+import glob
+import importlib
+import json
+import struct
+import sys
+import types
+import zlib
+
+from maskjax import logging_utils
+
+
+def _load_event_pb2():
+  """tensorboardX's own Event proto, without running its package __init__
+  (which imports PyTorch); sys.modules is restored afterwards."""
+  import importlib.util
+  spec = importlib.util.find_spec("tensorboardX")
+  root = spec.submodule_search_locations[0]
+  saved = {k: v for k, v in sys.modules.items() if k.startswith("tensorboardX")}
+  stub = types.ModuleType("tensorboardX")
+  stub.__path__ = [root]
+  sys.modules["tensorboardX"] = stub
+  try:
+    return importlib.import_module("tensorboardX.proto.event_pb2")
+  finally:
+    for k in [k for k in sys.modules if k.startswith("tensorboardX")]:
+      del sys.modules[k]
+    sys.modules.update(saved)
+
+
+def test_crc32c_known_vector():
+  assert logging_utils.crc32c(b"123456789") == 0xE3069283   # RFC 3720 check value
+  assert logging_utils.crc32c(b"") == 0
+  assert zlib.crc32(b"123456789") != 0xE3069283               # not plain CRC-32
+
+
+def test_metrics_jsonl_and_tensorboard_events(tmp_path):
+  with logging_utils.MetricLogger(str(tmp_path), stage="s1", total_steps=4,
+                                  progress_bar=False, write=True) as lg:
+    lg.log(2, {"loss": 0.5, "loss/a": 0.25}, batch_size=8)
+    lg.log(4, {"loss": 0.125, "loss/a": 0.0625}, batch_size=8, lr=1e-3)
+  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+  assert [(l["stage"], l["step"], l["loss"]) for l in lines] == [("s1", 2, 0.5), ("s1", 4, 0.125)]
+  assert lines[1]["lr"] == 1e-3 and lines[0]["images_per_s"] > 0
+
+  (path,) = glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+  data = open(path, "rb").read()
+  event_pb2 = _load_event_pb2()
+  events, pos = [], 0
+  while pos < len(data):
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    rec = data[pos + 12:pos + 12 + n]
+    (crc,) = struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])
+    c = logging_utils.crc32c(rec)
+    assert crc == ((((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF)   # TFRecord masking
+    events.append(event_pb2.Event.FromString(rec))
+    pos += 12 + n + 4
+  assert events[0].file_version == "brain.Event:2"
+  scalars = {(e.step, v.tag): v.simple_value for e in events[1:] for v in e.summary.value}
+  assert scalars[(2, "s1/loss")] == 0.5
+  assert scalars[(4, "s1/loss/a")] == 0.0625
+  assert scalars[(4, "s1/lr")] == 1e-3 or abs(scalars[(4, "s1/lr")] - 1e-3) < 1e-9
