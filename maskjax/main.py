@@ -95,8 +95,15 @@ def _parse_flags(argv):
           "see the config file for the keys it defines")
 
 
+def _quiet_libraries(record) -> bool:
+  """Keep INFO lines of maskjax; libraries (Orbax, grain, ...) only from WARNING up."""
+  path = getattr(record, "pathname", "") or ""
+  return record.levelno >= 30 or "maskjax" in path or "site-packages" not in path
+
+
 def run() -> None:
   logging.set_verbosity(logging.INFO)
+  logging.get_absl_handler().addFilter(_quiet_libraries)
   app.run(main, flags_parser=_parse_flags)
 
 
