@@ -1,0 +1,378 @@
+"""EAR (Park et al. 2023): excision by attention, mosaic hint, recovery by a U-Net.
+
+Per image I (float32 [H,W,3] in [0, 1]), on device and under jit, in both the
+train step and `score`:
+
+  1. saliency A [H,W] (`config.method.saliency_source`):
+       "vit": last-block CLS attention, head mean, of a frozen ViT
+         (`config.model.saliency_arch`, default ViT-S/8) on the ImageNet-
+         normalised image, bilinearly upsampled (`maskjax.models.vit.saliency`).
+         Weights from `config.model.saliency_init_from` (a converted DINO
+         checkpoint, `maskjax.weights.load_into`); without one the ViT is
+         randomly initialised, which `describe()` and the log say. The ViT's
+         parameters live in the state under "saliency" and are never updated.
+       "spectral_residual": a weight-free saliency (Hou & Zhang 2007; see
+         `core.spectral_residual_saliency`) for runs without a checkpoint.
+  2. S = A > mean(A) + 0.674 std(A) (per image, population std; `core.binarise`);
+     with `config.method.use_attention = False` (the paper's EAR w/o attn)
+     S = 1 everywhere.
+  3. I' = M_m(I) * S + I * (1 - S) (eq. 1), M_m = m x m mosaic
+     (`maskjax.ops.mosaic.mosaic`); `config.method.obfuscation = "binary"` (EAR
+     w/o obf) uses M = 0 (the excised region is black in [0, 1]).
+     m per category (`config.method.mosaic`): "m_hat" / "m_star" from the
+     paper's Table 1 (`mosaic_table.json`; MVTec AD category names), "estimated"
+     from `fit_mosaic`'s `mosaic.json`, or "fixed" (`config.method.mosaic_m`).
+     Categories not in the table take the estimate when `mosaic.json` has one,
+     else `config.method.mosaic_fallback`. The scales are a [num_categories]
+     int array indexed by the batch's category_id; the mosaic is computed for
+     each distinct scale (a small static set) and selected per example.
+  4. recovery: EarUNet(normalize.half(I')) -> tanh output, mapped back to
+     [0, 1] (`normalize.half_inverse`) = Î.
+  5. loss (training, BatchNorm in train mode): LAMP(w_l2 L2 + w_ssim (1 - SSIM)
+     + w_msgms MSGMS(3 scales)) with LAMP(L) = -log(1 - clamp(L, 0, 1 - 1e-6))
+     (`maskjax.ops.losses.lamp`; the gradient is zero where the clamp bites,
+     so the weights are chosen to keep L < 1: default 1/3 each [decision]).
+  6. score (BatchNorm running averages): anomaly_map = MSGMS distance map
+     (3 scales, "riad" variant) between I and Î, image_score = its maximum.
+
+All losses and scores are on [0, 1] images (SSIM with dynamic range 1).
+
+Mosaic-scale file: `config.method.mosaic_file` (a `mosaic.json` written by
+`python -m maskjax.methods.ear.fit_mosaic`), default `<workdir>/mosaic.json`
+when the config has a `workdir` key; read when present.
+
+Steps: `config.train.steps` when > 0, else `train.epochs * method.steps_per_epoch`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from maskjax import methods, train_utils
+from maskjax.errors import ConfigError
+from maskjax.methods.base import Method, Stage
+from maskjax.methods.ear import core
+from maskjax.models.ear_unet import EarUNet
+from maskjax.ops import gms, losses, normalize, ssim
+
+
+def stage_steps(config) -> int:
+  """`train.steps` if > 0, else `train.epochs * method.steps_per_epoch`."""
+  steps = int(config.train.get("steps", 0))
+  if steps > 0:
+    return steps
+  epochs = int(config.train.get("epochs", 0))
+  per_epoch = int(config.method.get("steps_per_epoch", 0))
+  if epochs > 0 and per_epoch > 0:
+    return epochs * per_epoch
+  raise ConfigError(
+      f"config.train.steps is {steps} and config.train.epochs ({epochs}) x "
+      f"config.method.steps_per_epoch ({per_epoch}) is not positive: set "
+      "--config.train.steps=N or both epochs and steps_per_epoch")
+
+
+def make_tx(optim_cfg, steps: int):
+  """`train_utils.make_optimizer`, plus two schedules of the paper's Table 2
+  grid that the shared helper lacks:
+    "warmup": linear warmup_init_lr -> lr over warmup_steps, then constant
+      (Goyal et al.);
+    "sgdr": cosine annealing with warm restarts (Loshchilov & Hutter, T_mult 1):
+      lr_t = end_lr + (lr - end_lr) (1 + cos(pi (t mod P) / P)) / 2, P =
+      optim.sgdr_period steps.
+  Both are applied as the base optimiser at lr 1 followed by a scale by the
+  schedule, which is exact for adam/adamw/sgd (updates are linear in lr)."""
+  name = optim_cfg.get("schedule", "constant")
+  if name not in ("warmup", "sgdr"):
+    return train_utils.make_optimizer(optim_cfg, steps)
+  import optax
+  lr = float(optim_cfg.lr)
+  if name == "warmup":
+    warm = int(optim_cfg.get("warmup_steps", 0))
+    init = float(optim_cfg.get("warmup_init_lr", 0.0))
+    def sched(t):
+      frac = jnp.clip(t / max(warm, 1), 0.0, 1.0)
+      return jnp.where(t < warm, init + (lr - init) * frac, lr)
+  else:
+    period = int(optim_cfg.get("sgdr_period", 0))
+    if period <= 0:
+      raise ConfigError(f"config.optim.sgdr_period must be > 0 for schedule 'sgdr' (got {period})")
+    end = float(optim_cfg.get("end_lr", 0.0))
+    def sched(t):
+      ph = jnp.mod(t, period) / period
+      return end + (lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * ph))
+  base = ml_collections.ConfigDict(optim_cfg.to_dict())
+  base.schedule = "constant"
+  base.lr = 1.0
+  return optax.chain(train_utils.make_optimizer(base, steps), optax.scale_by_schedule(sched))
+
+
+@methods.register
+class Ear(Method):
+  """EAR; see the package docstring. State: {"params", "rest", "opt_state"} plus
+  "saliency" (frozen ViT parameters) when `saliency_source == "vit"`."""
+
+  name = "ear"
+
+  def __init__(self, config):
+    super().__init__(config)
+    m, mo = config.method, config.model
+    self.size = int(config.input.image_size)
+    if self.size % 32:
+      raise ConfigError(f"ear: config.input.image_size={self.size} must be a multiple of 32 "
+                        "(5 stride-2 blocks of the EAR U-Net)")
+    self.widths = tuple(int(w) for w in mo.get("unet_widths", (64, 128, 256, 512, 512)))
+    self.kernel_size = int(mo.get("kernel_size", 3))
+    self.negative_slope = float(mo.get("negative_slope", 0.01))
+    self.source = str(m.get("saliency_source", "vit"))
+    if self.source not in core.SALIENCY_SOURCES:
+      raise ConfigError(f"config.method.saliency_source = {self.source!r}; known: "
+                        f"{', '.join(core.SALIENCY_SOURCES)}")
+    self.obfuscation = str(m.get("obfuscation", "mosaic"))
+    if self.obfuscation not in core.OBFUSCATIONS:
+      raise ConfigError(f"config.method.obfuscation = {self.obfuscation!r}; known: "
+                        f"{', '.join(core.OBFUSCATIONS)}")
+    self.use_attention = bool(m.get("use_attention", True))
+    self.sigma = float(m.get("threshold_sigma", core.Q3_SIGMA))
+    self.mosaic_mode = str(m.get("mosaic", "m_hat"))
+    if self.mosaic_mode not in core.MOSAIC_MODES:
+      raise ConfigError(f"config.method.mosaic = {self.mosaic_mode!r}; known: "
+                        f"{', '.join(core.MOSAIC_MODES)}")
+    self.msgms_scales = int(m.get("msgms_scales", 3))
+    w = m.get("loss_weights", None)
+    self.w = ({"l2": float(w.l2), "ssim": float(w.ssim), "msgms": float(w.msgms)} if w is not None
+              else {"l2": 1 / 3, "ssim": 1 / 3, "msgms": 1 / 3})
+    self.use_lamp = bool(m.get("lamp", True))
+    self.sr_work_size = int(m.get("spectral_work_size", 64))
+    self.sr_sigma = float(m.get("spectral_blur_sigma", 2.5))
+    self.dtype = train_utils.compute_dtype(config.train)
+    self.steps = stage_steps(config)
+    self.tx = make_tx(config.optim, self.steps)
+    self.f = train_utils.Functional(nnx.eval_shape(lambda: self._unet(nnx.Rngs(0))))
+    self._categories: Optional[list[str]] = None
+    self._scales: Optional[np.ndarray] = None
+    self._scale_sources: dict = {}
+    self._saliency_note = ""
+    self.vit_f = None
+    self._vit_params = None
+    if self.source == "vit" and self.use_attention:
+      self._setup_vit()
+
+  # -- models -----------------------------------------------------------------
+  def _unet(self, rngs: nnx.Rngs) -> EarUNet:
+    return EarUNet(self.widths, self.kernel_size, negative_slope=self.negative_slope, rngs=rngs)
+
+  def _vit(self, rngs: nnx.Rngs):
+    from maskjax.models import vit
+    mo = self.config.model
+    overrides = dict(mo.get("saliency_overrides", {}) or {})
+    return vit.build_vit(str(mo.get("saliency_arch", "vit_small_patch8")), img_size=self.size,
+                         rngs=rngs, **overrides)
+
+  def _setup_vit(self) -> None:
+    path = str(self.config.model.get("saliency_init_from", "") or "")
+    arch = str(self.config.model.get("saliency_arch", "vit_small_patch8"))
+    if path:
+      from maskjax import weights
+      module = self._vit(nnx.Rngs(0))
+      weights.load_into(module, path)
+      self.vit_f = train_utils.Functional(module)
+      self._vit_params = jax.tree.map(np.asarray, self.vit_f.params)
+      self._saliency_note = f"ViT ({arch}) CLS attention, weights from {path}"
+    else:
+      self.vit_f = train_utils.Functional(nnx.eval_shape(lambda: self._vit(nnx.Rngs(0))))
+      self._saliency_note = (f"saliency: random-init ViT ({arch}, no checkpoint; "
+                             "config.model.saliency_init_from is empty)")
+      logging.warning("ear: %s: its attention masks are close to arbitrary; give a converted "
+                      "DINO checkpoint or use config.method.saliency_source='spectral_residual'",
+                      self._saliency_note)
+
+  # -- mosaic scales ----------------------------------------------------------
+  def set_categories(self, categories) -> None:
+    """The run's sorted category list (category_id indexes it). Resolved from
+    `config.input` on first use when not set."""
+    self._categories = list(categories)
+    self._scales = None
+
+  def categories(self) -> list[str]:
+    if self._categories is None:
+      from maskjax.data import sources
+      self._categories = list(sources.scan(self.config.input, int(self.config.seed),
+                                           check_files=False)[0])
+    return self._categories
+
+  def mosaic_file(self) -> str:
+    path = str(self.config.method.get("mosaic_file", "") or "")
+    if not path and self.config.get("workdir", ""):
+      path = os.path.join(str(self.config.workdir), "mosaic.json")
+    return path
+
+  def scales(self) -> np.ndarray:
+    """int32 [num_categories] mosaic scale per category id (host, static)."""
+    if self._scales is not None:
+      return self._scales
+    m = self.config.method
+    fixed = int(m.get("mosaic_m", 8))
+    if self.mosaic_mode == "fixed":
+      self._scales = np.asarray([fixed], np.int32)
+      self._scale_sources = {"*": f"{fixed}: fixed (config.method.mosaic_m)"}
+      return self._scales
+    estimated = {}
+    path = self.mosaic_file()
+    if path and os.path.isfile(path):
+      try:
+        with open(path) as f:
+          data = json.load(f)
+        estimated = {c: int(v["m_hat"]) for c, v in data.get("categories", {}).items()
+                     if v.get("m_hat") is not None}
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"config.method.mosaic_file: cannot read {path!r} ({e}); expected "
+                          "the mosaic.json written by maskjax.methods.ear.fit_mosaic") from None
+    self._scales, self._scale_sources = core.category_scales(
+        self.categories(), self.mosaic_mode, fixed_m=fixed,
+        fallback_m=int(m.get("mosaic_fallback", 8)), use_table=bool(m.get("mosaic_table", True)),
+        estimated=estimated)
+    logging.info("ear: mosaic scales per category: %s", self._scale_sources)
+    return self._scales
+
+  # -- the excision ------------------------------------------------------------
+  def saliency(self, state, x01: jax.Array) -> jax.Array:
+    """Raw saliency map [B,H,W] of [B,H,W,3] images in [0, 1]."""
+    if self.source == "vit":
+      from maskjax.models import vit
+      module = self.vit_f.module(jax.lax.stop_gradient(state["saliency"]), {})
+      return vit.saliency(module, normalize.imagenet(x01), x01.shape[1:3])
+    return core.spectral_residual_saliency(x01, self.sr_work_size, self.sr_sigma)
+
+  def saliency_state(self, rng: jax.Array) -> dict:
+    """{"saliency": ViT params} (loaded or random) for the "vit" source, else {}."""
+    if self.vit_f is None:
+      return {}
+    if self._vit_params is not None:
+      return {"saliency": jax.tree.map(jnp.asarray, self._vit_params)}
+    _, vp, _ = train_utils.split_pure(self._vit(nnx.Rngs(params=rng)))
+    return {"saliency": vp}
+
+  def saliency_mask(self, state, x01: jax.Array) -> jax.Array:
+    """Binary S [B,H,W] (1 = excised)."""
+    if not self.use_attention:
+      return jnp.ones(x01.shape[:3], jnp.float32)
+    return core.binarise(self.saliency(state, x01), self.sigma)
+
+  def excise(self, state, x01: jax.Array, category_id: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """-> (I' [B,H,W,3] in [0, 1], S [B,H,W])."""
+    s = self.saliency_mask(state, x01)
+    if self.obfuscation == "binary":
+      return core.excise(x01, s, None), s
+    table = self.scales()
+    if table.size == 1:
+      from maskjax.ops import mosaic as mosaic_ops
+      hint = mosaic_ops.mosaic(x01, int(table[0]))
+    else:
+      per_ex = jnp.take(jnp.asarray(table), category_id.astype(jnp.int32), mode="clip")
+      hint = core.mosaic_per_example(x01, per_ex, tuple(int(v) for v in np.unique(table)))
+    return core.excise(x01, s, hint), s
+
+  def recover(self, params, rest, xp01: jax.Array, train: bool):
+    inp = normalize.half(xp01)
+    if self.dtype != jnp.float32:
+      params = train_utils.cast_floating(params, self.dtype)
+      inp = inp.astype(self.dtype)
+    out, new_rest = self.f.apply(params, rest, inp, train=train)
+    return normalize.half_inverse(out.astype(jnp.float32)), new_rest
+
+  def loss_terms(self, recon01: jax.Array, x01: jax.Array) -> dict:
+    return {"l2": jnp.mean(jnp.square(recon01 - x01)),
+            "ssim": ssim.ssim_loss(recon01, x01, data_range=1.0),
+            "msgms": gms.msgms_loss(recon01, x01, self.msgms_scales)}
+
+  # -- training ---------------------------------------------------------------
+  def stages(self) -> list[Stage]:
+    if self.obfuscation == "mosaic":
+      self.scales()  # resolve on the host, before tracing
+
+    def init(rng, previous):
+      del previous
+      _, params, rest = train_utils.split_pure(self._unet(nnx.Rngs(params=rng)))
+      state = {"params": params, "rest": rest, "opt_state": self.tx.init(params)}
+      state.update(self.saliency_state(jax.random.fold_in(rng, 1)))
+      return state
+
+    def train_step(state, batch, rng):
+      x = batch["image"].astype(jnp.float32)
+      xp, s = self.excise(state, x, batch["category_id"])
+      xp = jax.lax.stop_gradient(xp)
+
+      def loss_fn(params, mb, r):
+        del r
+        recon, rest = self.recover(params, state["rest"], mb["xp"], train=True)
+        terms = self.loss_terms(recon, mb["x"])
+        comb = sum(self.w[n] * v for n, v in terms.items())
+        loss = losses.lamp(comb) if self.use_lamp else comb
+        aux = {f"loss/{n}": v for n, v in terms.items()}
+        aux["loss/comb"] = comb
+        aux["state"] = rest
+        return loss, aux
+
+      (loss, aux), grads = train_utils.value_and_grad_accum(
+          loss_fn, state["params"], {"x": x, "xp": xp}, rng,
+          accum_steps=int(self.config.optim.get("accum_steps", 1)))
+      rest = aux.pop("state")
+      params, opt_state = train_utils.apply_updates(self.tx, state["params"],
+                                                    state["opt_state"], grads)
+      new_state = dict(state, params=params, rest=rest, opt_state=opt_state)
+      metrics = dict(aux, loss=loss, mask_fraction=jnp.mean(s))
+      return new_state, metrics
+
+    return [Stage(name="train", steps=self.steps, batch_size=int(self.config.input.batch_size),
+                  init=init, train_step=train_step)]
+
+  # -- scoring ----------------------------------------------------------------
+  def reconstruct(self, state, batch) -> dict:
+    """{"excised": I', "mask": S, "recon": Î} for a batch (eval mode)."""
+    x = batch["image"].astype(jnp.float32)
+    xp, s = self.excise(state, x, batch["category_id"])
+    recon, _ = self.recover(state["params"], state["rest"], xp, train=False)
+    return {"excised": xp, "mask": s, "recon": recon}
+
+  def score(self, state, batch, calibration) -> dict:
+    del calibration
+    x = batch["image"].astype(jnp.float32)
+    recon = self.reconstruct(state, batch)["recon"]
+    amap = gms.msgms_map(recon, x, self.msgms_scales)
+    return {"anomaly_map": amap.astype(jnp.float32),
+            "image_score": jnp.max(amap, axis=(1, 2)).astype(jnp.float32)}
+
+  def describe(self) -> dict:
+    if not self.use_attention:
+      sal = "none (EAR w/o attn: mosaic over the whole image)"
+    elif self.source == "vit":
+      sal = self._saliency_note
+    else:
+      sal = (f"saliency: spectral residual (weight-free, work size {self.sr_work_size}, "
+             f"blur sigma {self.sr_sigma}); no ViT")
+    out = {"saliency": sal,
+           "mask": f"S = A > mean + {self.sigma} std (per image, population std)",
+           "obfuscation": ("mosaic hint (eq. 1)" if self.obfuscation == "mosaic"
+                           else "binary (EAR w/o obf): excised region set to 0"),
+           "model": f"EarUNet widths={self.widths} kernel={self.kernel_size}",
+           "loss": (("LAMP(" if self.use_lamp else "(") +
+                    f"{self.w['l2']:.3g} L2 + {self.w['ssim']:.3g} SSIM + "
+                    f"{self.w['msgms']:.3g} MSGMS({self.msgms_scales} scales))"),
+           "score": f"MSGMS map ({self.msgms_scales} scales), image score = max",
+           "value_range": "losses and scores on [0, 1] images; U-Net input mean=std=0.5"}
+    if self.obfuscation == "mosaic":
+      try:
+        self.scales()
+        out["mosaic"] = f"{self.mosaic_mode}: " + ", ".join(
+            f"{k}={v}" for k, v in self._scale_sources.items())
+      except Exception as e:  # description must not fail the run
+        out["mosaic"] = f"{self.mosaic_mode} (unresolved: {e})"
+    return out
