@@ -631,6 +631,7 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
     check_workdir(config, workdir, write=False)
   data = data or DataAPI()
   method = build_method(config)
+  method.workdir = workdir
   mesh = mesh_lib.make_mesh(config.mesh)
   for k, v in (method.describe() or {}).items():
     logging_utils.info("method %s: %s", k, v)

@@ -173,6 +173,9 @@ def _markdown(method: str, dataset: str, per_category: Mapping[str, Mapping[str,
   if reasons:
     lines += ["", "Undefined:", ""]
     lines += [f"- {c} {TITLES.get(k, k)}: {r}" for c, k, r in reasons]
+  facts = run_info.get("describe")
+  if isinstance(facts, Mapping) and facts:
+    lines += ["", "Run:", ""] + [f"- {k}: {v}" for k, v in facts.items()]
   thr = run_info.get("threshold")
   if isinstance(thr, Mapping) and "threshold" in thr:
     lines += ["", f"Decision threshold (predict mode): {thr['threshold']:.6g} = quantile "

@@ -78,6 +78,9 @@ class Method:
 
   #: registry key, e.g. "riad"
   name: str = ""
+  #: the run directory, set by the loop before `stages()` (for files a method
+  #: keeps with its run, e.g. EAR's fitted mosaic scales); None outside a run.
+  workdir: Optional[str] = None
 
   def __init__(self, config):
     self.config = config

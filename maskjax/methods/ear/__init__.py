@@ -39,7 +39,7 @@ All losses and scores are on [0, 1] images (SSIM with dynamic range 1).
 
 Mosaic-scale file: `config.method.mosaic_file` (a `mosaic.json` written by
 `python -m maskjax.methods.ear.fit_mosaic`), default `<workdir>/mosaic.json`
-when the config has a `workdir` key; read when present.
+of the run (set by the loop); read when present.
 
 Steps: `config.train.steps` when > 0, else `train.epochs * method.steps_per_epoch`.
 """
@@ -210,8 +210,8 @@ class Ear(Method):
 
   def mosaic_file(self) -> str:
     path = str(self.config.method.get("mosaic_file", "") or "")
-    if not path and self.config.get("workdir", ""):
-      path = os.path.join(str(self.config.workdir), "mosaic.json")
+    if not path and self.workdir:
+      path = os.path.join(str(self.workdir), "mosaic.json")
     return path
 
   def scales(self) -> np.ndarray:
