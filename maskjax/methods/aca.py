@@ -1,0 +1,625 @@
+"""ACA (Bozorgtabar & Mahapatra, AAAI 2023): attention-conditioned masked
+pretraining with Sinkhorn clustering, then attention-guided anomaly fine-tuning.
+
+Stage 1 ("pretrain")
+  Student = ViT (`config.model.backbone`, DINO weights from
+  `config.model.init_from` or random, see `describe()`) + `ProjectionHead`
+  (MLP -> L2 bottleneck) + K prototypes C [K, bottleneck] (L2-normalised rows,
+  re-normalised after every optimiser step). Teacher = EMA of the student's
+  ViT and head: teacher = m * teacher + (1 - m) * student after each step, m
+  = `momentum` (constant) or, with `momentum_schedule="cosine"`,
+  m_t = 1 - (1 - m0) (cos(pi t / T) + 1) / 2 (DINO), t = the step just taken.
+  The prototypes are shared: the teacher scores against stop_gradient(C).
+
+  Views are made on the device inside the jitted step from the [0, 1] batch
+  image (the host pipeline delivers one image per example):
+    * random resized crop: area fraction U(scale), log aspect U(log 3/4, log 4/3),
+      clipped to the image, uniform position, resampled to the view size with
+      separable triangle-kernel weights (bilinear, antialiased when shrinking,
+      `resample_matrix`);
+    * horizontal flip p = 0.5;
+    * colour jitter p = 0.8: brightness, contrast, saturation factors
+      U(1 - s, 1 + s) with s = (0.4, 0.4, 0.2) (DINO's strengths; hue jitter,
+      Gaussian blur and solarisation are not implemented), then grayscale p = 0.2.
+  The teacher view is one global crop (`global_size`, scale `global_scale`,
+  DINO (0.4, 1)); the student views are `num_global` (1) other global crops
+  and `num_local` (8) local crops (`local_size`, scale `local_scale`, (0.05, 0.4)).
+
+  Masking of the student views (`method.masking`, paper Table 4):
+    apmask  drop the int(r N) least-attended patch tokens (r = `mask_ratio`),
+            attention = head-mean CLS row of the last block computed on the
+            full student view by `attention_source` ("teacher": the EMA network,
+            default; "student": the student's own weights), under stop_gradient.
+            `maskjax.ops.masks.lowest_attention_keep` ranks ties by index. The
+            student forward then runs on the N - int(r N) kept tokens only, so the
+            masked view really costs less (the attention pass is forward-only).
+    random  per-sample uniformly random drop of the same int(r N) tokens;
+    none    all tokens.
+  Loss: teacher scores s_t = z_t C^T -> Sinkhorn-Knopp targets q =
+  sinkhorn(s_t, eps, iters) (no gradient; sums over the global batch, SwAV);
+  each student view j: p_j = softmax(z_j C^T / tau); loss = mean over views and
+  batch of -sum_k q_k log p_jk. AdamW, linear warmup `warmup_init_lr` -> lr then
+  cosine (`config.optim`).
+
+Stage 2 ("finetune")
+  Classifier ViT initialised from stage 1's student backbone (or from
+  `init_from` / random when stage 1 is switched off), `ClassHead` (CLS -> 2
+  logits) and `AttentionSegHead` (learned weighting of the last block's CLS
+  attention per head -> patch logits -> bilinear upsampling -> sigmoid).
+  Loss = lambda_det * CE(logits, label) + lambda_seg * Dice(map, paste mask).
+
+  Synthetic anomalies (`finetune.synthesis`):
+    device (default) attention-guided cut-paste in jnp inside the jitted step,
+            the same geometry as `maskjax.ops.cutpaste.attention_cutpaste`: patch
+            w, h ~ U(0.1 W, 0.4 W) / U(0.1 H, 0.4 H), cut at a uniform location,
+            rotated U(-45, 45) deg, resized U(0.8, 1.2), colour-jittered (+-0.1),
+            pasted (copy) centred at a pixel drawn from softmax((a - 1) / T) with a
+            the min-max normalised, bilinearly upsampled CLS attention of the
+            *current* model on the clean image (stop_gradient), T = `temperature`.
+            Each example is pasted with probability `anomaly_prob` (0.5: half the
+            batch normal); label 1 iff the pasted mask is non-empty. The host
+            pipeline cannot run the ViT and training examples carry no record
+            index to look attention up, so this is where the attention exists.
+    host    `maskjax.ops.cutpaste.attention_cutpaste` in the grain workers with
+            `poisson` blending optional (`finetune.poisson`); the host has no
+            attention map, so the paste location is drawn from a uniform map
+            (documented loss of the attention guidance; use for Poisson blending).
+
+Scoring (`score`, pure, jitted by the loop)
+  For every scale S in `method.test_scales` the [0, 1] image is resized
+  (bilinear) to S x S, ImageNet-normalised and run through the ViT (learned
+  position embedding interpolated to the S/p grid, DINO's bicubic rule); the
+  patch logits are resized bilinearly to the input H x W and passed through a
+  sigmoid; p_S = softmax(logits)[1]. anomaly_map = mean over scales of the maps;
+  image_score = mean_S p_S (for AUROC); decision = majority vote of p_S > 0.5
+  (more than half of the scales).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from maskjax import methods
+from maskjax import train_utils
+from maskjax.errors import CheckpointError, ConfigError
+from maskjax.methods.base import Method, Stage
+from maskjax.models import aca_heads
+from maskjax.models import vit as vit_lib
+from maskjax.ops import cutpaste, losses, masks, normalize, sinkhorn
+
+PyTree = Any
+MASKINGS = ("apmask", "random", "none")
+ATTENTION_SOURCES = ("teacher", "student")
+SYNTHESES = ("device", "host")
+
+
+# ----------------------------------------------------------------------------
+# pure helpers (tested against NumPy)
+# ----------------------------------------------------------------------------
+def ema_update(teacher: PyTree, student: PyTree, momentum) -> PyTree:
+  """teacher * m + (1 - m) * student, leaf by leaf."""
+  return jax.tree.map(lambda t, s: t * momentum + (1.0 - momentum) * s.astype(t.dtype),
+                      teacher, student)
+
+
+def momentum_at(step, total_steps: int, base: float, schedule: str = "cosine"):
+  """EMA momentum after `step` steps: constant `base`, or DINO's cosine
+  1 - (1 - base) * (cos(pi * step / total) + 1) / 2 (base at 0, 1 at the end)."""
+  if schedule == "constant":
+    return jnp.asarray(base, jnp.float32)
+  t = jnp.asarray(step, jnp.float32) / max(int(total_steps), 1)
+  return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * t) + 1.0) / 2.0
+
+
+def l2_normalize_rows(c: jax.Array) -> jax.Array:
+  c = c.astype(jnp.float32)
+  return c / jnp.maximum(jnp.linalg.norm(c, axis=-1, keepdims=True), 1e-12)
+
+
+def swapped_cross_entropy(targets: jax.Array, student_scores: jax.Array,
+                          temperature: float) -> jax.Array:
+  """mean over rows of -sum_k q_k log softmax(s / tau)_k; targets [M,K], scores [M,K]."""
+  logp = jax.nn.log_softmax(student_scores.astype(jnp.float32) / temperature, axis=-1)
+  return -jnp.mean(jnp.sum(targets * logp, axis=-1))
+
+
+def random_resized_crop_params(key: jax.Array, height: int, width: int,
+                               scale: Sequence[float],
+                               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> jax.Array:
+  """(y0, x0, ch, cw) float32 [4] of a crop with area fraction U(scale) and
+  aspect (w/h) log-uniform in `ratio`, sides clipped to the image, uniform offset."""
+  k1, k2, k3, k4 = jax.random.split(key, 4)
+  area = jax.random.uniform(k1, (), minval=scale[0], maxval=scale[1]) * height * width
+  logr = jax.random.uniform(k2, (), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
+  r = jnp.exp(logr)
+  cw = jnp.clip(jnp.sqrt(area * r), 1.0, width)
+  ch = jnp.clip(jnp.sqrt(area / r), 1.0, height)
+  y0 = jax.random.uniform(k3, ()) * (height - ch)
+  x0 = jax.random.uniform(k4, ()) * (width - cw)
+  return jnp.stack([y0, x0, ch, cw]).astype(jnp.float32)
+
+
+def resample_matrix(start, length, in_size: int, out_size: int) -> jax.Array:
+  """[out_size, in_size] linear (triangle) resampling weights of the interval
+  [start, start + length) (pixel units, half-pixel centres) onto out_size
+  pixels; the kernel widens to length / out_size when shrinking (antialiasing,
+  as `jax.image.scale_and_translate(..., "linear", antialias=True)`); rows are
+  normalised to sum 1 (taps outside the image are dropped)."""
+  step = length / out_size
+  centres = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * step - 0.5
+  width = jnp.maximum(step, 1.0)
+  d = jnp.abs(jnp.arange(in_size, dtype=jnp.float32)[None, :] - centres[:, None]) / width
+  w = jnp.maximum(0.0, 1.0 - d)
+  return w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1e-12)
+
+
+def crop_resize(image: jax.Array, box: jax.Array, size: int) -> jax.Array:
+  """image [H,W,C] -> [size,size,C]: the continuous box (y0, x0, ch, cw)
+  resampled with `resample_matrix` along each axis (two small matmuls, cheap
+  to compile under vmap)."""
+  h, w = image.shape[:2]
+  my = resample_matrix(box[0], box[2], h, size)
+  mx = resample_matrix(box[1], box[3], w, size)
+  return jnp.einsum("yh,hwc,xw->yxc", my, image.astype(jnp.float32), mx)
+
+
+_LUMA = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
+
+
+def color_augment(key: jax.Array, img: jax.Array, strength=(0.4, 0.4, 0.2), p_jitter=0.8,
+                  p_gray=0.2) -> jax.Array:
+  """Flip p=0.5, colour jitter (brightness, contrast, saturation) p=0.8,
+  grayscale p=0.2 on one image [H,W,3] in [0,1]; output clipped to [0,1]."""
+  ks = jax.random.split(key, 6)
+  img = jnp.where(jax.random.uniform(ks[0]) < 0.5, img[:, ::-1], img)
+  f = jax.random.uniform(ks[1], (3,), minval=-1.0, maxval=1.0) * jnp.asarray(strength) + 1.0
+  x = jnp.clip(img * f[0], 0.0, 1.0)
+  mean = jnp.mean(x @ _LUMA)
+  x = jnp.clip((x - mean) * f[1] + mean, 0.0, 1.0)
+  gray = (x @ _LUMA)[..., None]
+  x = jnp.clip(gray + (x - gray) * f[2], 0.0, 1.0)
+  img = jnp.where(jax.random.uniform(ks[2]) < p_jitter, x, img)
+  gray = jnp.broadcast_to((img @ _LUMA)[..., None], img.shape)
+  return jnp.where(jax.random.uniform(ks[3]) < p_gray, gray, img)
+
+
+def make_views(key: jax.Array, images: jax.Array, num: int, size: int,
+               scale: Sequence[float]) -> jax.Array:
+  """`num` augmented crops of every image: [B,H,W,3] -> [num * B, size, size, 3]
+  (view-major: rows [v*B, (v+1)*B) are view v of the batch)."""
+  b, h, w = images.shape[:3]
+  keys = jax.random.split(key, num * b)
+
+  def one(k, img):
+    kc, ka = jax.random.split(k)
+    box = random_resized_crop_params(kc, h, w, scale)
+    return color_augment(ka, crop_resize(img, box, size))
+
+  tiled = jnp.tile(images.astype(jnp.float32), (num, 1, 1, 1))
+  return jax.vmap(one)(keys, tiled)
+
+
+def _bilinear_sample(img: jax.Array, yy: jax.Array, xx: jax.Array) -> jax.Array:
+  """img [H,W,C] at float coordinates (clamped to the image) -> [..., C]."""
+  h, w = img.shape[:2]
+  yy = jnp.clip(yy, 0.0, h - 1.0)
+  xx = jnp.clip(xx, 0.0, w - 1.0)
+  y0 = jnp.floor(yy).astype(jnp.int32)
+  x0 = jnp.floor(xx).astype(jnp.int32)
+  y1 = jnp.minimum(y0 + 1, h - 1)
+  x1 = jnp.minimum(x0 + 1, w - 1)
+  wy = (yy - y0)[..., None]
+  wx = (xx - x0)[..., None]
+  top = img[y0, x0] * (1 - wx) + img[y0, x1] * wx
+  bot = img[y1, x0] * (1 - wx) + img[y1, x1] * wx
+  return top * (1 - wy) + bot * wy
+
+
+def cutpaste_one(key: jax.Array, image: jax.Array, attention: jax.Array, *,
+                 temperature: float = 0.1, max_rotation: float = 45.0,
+                 scale_range=(0.8, 1.2), jitter: float = 0.1):
+  """Device version of `ops.cutpaste.attention_cutpaste` (copy compositing).
+
+  image [H,W,3] in [0,1]; attention [H,W] already at image size (any range, it
+  is min-max normalised here). -> (image [H,W,3], mask [H,W] {0,1})."""
+  h, w = image.shape[:2]
+  ks = jax.random.split(key, 8)
+  pw = jnp.maximum(1.0, jnp.round(jax.random.uniform(ks[0], (), minval=0.1 * w, maxval=0.4 * w)))
+  ph = jnp.maximum(1.0, jnp.round(jax.random.uniform(ks[1], (), minval=0.1 * h, maxval=0.4 * h)))
+  sy0 = jnp.floor(jax.random.uniform(ks[2]) * (h - ph + 1))
+  sx0 = jnp.floor(jax.random.uniform(ks[3]) * (w - pw + 1))
+  src_cy, src_cx = sy0 + (ph - 1) / 2.0, sx0 + (pw - 1) / 2.0
+  theta = jnp.deg2rad(jax.random.uniform(ks[4], (), minval=-max_rotation, maxval=max_rotation))
+  scale = jax.random.uniform(ks[5], (), minval=scale_range[0], maxval=scale_range[1])
+  a = attention.astype(jnp.float32)
+  lo, hi = jnp.min(a), jnp.max(a)
+  a = jnp.where(hi > lo, (a - lo) / jnp.maximum(hi - lo, 1e-12), 0.0)
+  flat = jax.random.categorical(ks[6], ((a - 1.0) / temperature).reshape(-1))
+  cy, cx = (flat // w).astype(jnp.float32), (flat % w).astype(jnp.float32)
+  yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy,
+                        jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij")
+  ct, st = jnp.cos(theta), jnp.sin(theta)
+  ly = (ct * yy + st * xx) / scale
+  lx = (-st * yy + ct * xx) / scale
+  inside = (jnp.abs(ly) <= ph / 2.0) & (jnp.abs(lx) <= pw / 2.0)
+  mask = inside.astype(jnp.float32)
+  patch = _bilinear_sample(image.astype(jnp.float32), src_cy + ly, src_cx + lx)
+  f = jax.random.uniform(ks[7], (3,), minval=1.0 - jitter, maxval=1.0 + jitter)
+  x = patch * f[0]
+  denom = jnp.maximum(jnp.sum(mask), 1.0)
+  mean = jnp.sum((x @ _LUMA) * mask) / denom
+  x = (x - mean) * f[1] + mean
+  gray = (x @ _LUMA)[..., None]
+  x = jnp.clip(gray + (x - gray) * f[2], 0.0, 1.0)
+  m = mask[..., None]
+  return image * (1.0 - m) + x * m, mask
+
+
+def majority_vote(probs: jax.Array) -> jax.Array:
+  """probs [T, B] -> bool [B]: more than half of the T scales say p > 0.5."""
+  votes = jnp.sum((probs > 0.5).astype(jnp.int32), axis=0)
+  return 2 * votes > probs.shape[0]
+
+
+# ----------------------------------------------------------------------------
+# host transform (Poisson blending option)
+# ----------------------------------------------------------------------------
+class HostCutPaste:
+  """Stage-2 host transform: `ops.cutpaste.attention_cutpaste` with a uniform
+  location map (no attention on the host), optional Poisson blending, applied
+  with probability `anomaly_prob` (picklable for grain workers)."""
+
+  def __init__(self, anomaly_prob: float = 0.5, poisson: bool = False):
+    self.anomaly_prob = float(anomaly_prob)
+    self.poisson = bool(poisson)
+
+  def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+    out = dict(example)
+    image = np.asarray(example["image"], np.float32)
+    if rng.random() >= self.anomaly_prob:
+      out["mask"] = np.zeros(image.shape[:2], np.float32)
+      out["label"] = np.int32(0)
+      return out
+    img, mask = cutpaste.attention_cutpaste(image, np.ones((4, 4), np.float32), rng,
+                                            poisson=self.poisson)
+    out["image"] = img.astype(np.float32)
+    out["mask"] = mask.astype(np.float32)
+    out["label"] = np.int32(mask.max() > 0)
+    return out
+
+
+def _dotted(path) -> str:
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+# ----------------------------------------------------------------------------
+# the method
+# ----------------------------------------------------------------------------
+@methods.register
+class Aca(Method):
+  name = "aca"
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.method
+    self.pre, self.fine = m.pretrain, m.finetune
+    if self.pre.masking not in MASKINGS:
+      raise ConfigError(f"config.method.pretrain.masking={self.pre.masking!r}; known: "
+                        f"{', '.join(MASKINGS)}")
+    if self.pre.attention_source not in ATTENTION_SOURCES:
+      raise ConfigError(f"config.method.pretrain.attention_source="
+                        f"{self.pre.attention_source!r}; known: {', '.join(ATTENTION_SOURCES)}")
+    if self.fine.synthesis not in SYNTHESES:
+      raise ConfigError(f"config.method.finetune.synthesis={self.fine.synthesis!r}; known: "
+                        f"{', '.join(SYNTHESES)}")
+    if not 0.0 <= float(self.pre.mask_ratio) < 1.0:
+      raise ConfigError(f"config.method.pretrain.mask_ratio={self.pre.mask_ratio} must be in [0, 1)")
+    name = str(config.model.backbone)
+    if name not in vit_lib.VIT_CONFIGS:
+      raise ConfigError(f"config.model.backbone={name!r}; known: "
+                        f"{', '.join(sorted(vit_lib.VIT_CONFIGS))}")
+    kw = dict(vit_lib.VIT_CONFIGS[name])
+    kw.update(dict(config.model.get("backbone_overrides", {}) or {}))
+    self.vit_kw = kw
+    self.patch = int(kw["patch"])
+    self.img = int(config.input.image_size)
+    self.gsize, self.lsize = int(self.pre.global_size), int(self.pre.local_size)
+    self.scales = tuple(int(s) for s in m.test_scales)
+    for key, s in ([("input.image_size", self.img), ("method.pretrain.global_size", self.gsize),
+                    ("method.pretrain.local_size", self.lsize)]
+                   + [("method.test_scales", s) for s in self.scales]):
+      if s <= 0 or s % self.patch:
+        raise ConfigError(f"config.{key}={s} must be a positive multiple of the patch "
+                          f"size {self.patch} ({name})")
+    if not self.scales:
+      raise ConfigError("config.method.test_scales is empty; give at least one size")
+    self.dtype = train_utils.compute_dtype(config.train)
+    abstract = nnx.eval_shape(lambda: self._build(nnx.Rngs(0)))
+    self.f = {k: train_utils.Functional(v) for k, v in abstract.items()}
+    for k in ("vit",):
+      if jax.tree.leaves(self.f[k].rest):
+        raise RuntimeError(f"aca: the {k} module holds non-parameter state; use "
+                           "pos_embed='learned'")
+    self._stages = None
+
+  # -- modules -----------------------------------------------------------------
+  def _build(self, rngs: nnx.Rngs) -> dict:
+    p = self.config.model
+    vit = vit_lib.ViT(img_size=self.gsize, dtype=self.dtype, rngs=rngs, **self.vit_kw)
+    dim, heads = int(self.vit_kw["dim"]), int(self.vit_kw["heads"])
+    head = aca_heads.ProjectionHead(dim, int(p.bottleneck), int(p.head_hidden),
+                                    int(p.head_layers), dtype=self.dtype, rngs=rngs)
+    return {"vit": vit, "head": head,
+            "cls": aca_heads.ClassHead(dim, dtype=self.dtype, rngs=rngs),
+            "seg": aca_heads.AttentionSegHead(heads, rngs=rngs)}
+
+  def _fresh(self, rng: jax.Array) -> dict:
+    mods = self._build(nnx.Rngs(params=rng))
+    return {k: train_utils.split_pure(v)[1] for k, v in mods.items()}
+
+  def _vit(self, params, x, **kw):
+    out, _ = self.f["vit"].apply(params, self.f["vit"].rest, x, **kw)
+    return out
+
+  def _head(self, params, x):
+    out, _ = self.f["head"].apply(params, {}, x)
+    return out
+
+  # -- pretrained weights ----------------------------------------------------------
+  def _pretrained_vit(self, params: dict) -> dict:
+    """`params` with `config.model.init_from` (a converted ViT checkpoint) put
+    in, read on the host via `jax.pure_callback` (init stays jittable)."""
+    path = str(self.config.model.get("init_from", "") or "")
+    if not path:
+      return params
+    from maskjax import weights
+    flat, _ = weights.read(path)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [_dotted(k) for k, _ in leaves]
+    ours = dict(zip(names, (tuple(v.shape) for _, v in leaves)))
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {ours[k]}" for k, v in flat.items()
+           if k in ours and tuple(v.shape) != ours[k]]
+    unexpected = sorted(k for k in flat if k not in ours)
+    missing = sorted(k for k in ours if k not in flat)
+    if bad or unexpected or missing:
+      raise CheckpointError(
+          f"config.model.init_from={path!r} does not fit config.model.backbone="
+          f"{self.config.model.backbone!r} at {self.gsize} px: "
+          + "; ".join(bad[:5] + ([f"unexpected keys {unexpected[:5]}"] if unexpected else [])
+                      + ([f"missing keys {missing[:5]}"] if missing else [])))
+    shapes = tuple(jax.ShapeDtypeStruct(ours[n], jnp.float32) for n in names)
+
+    def load():
+      f, _ = weights.read(path)
+      return tuple(np.asarray(f[n], np.float32) for n in names)
+
+    return jax.tree_util.tree_unflatten(treedef, list(jax.pure_callback(load, shapes)))
+
+  # -- schedule ---------------------------------------------------------------------
+  def _num_train(self) -> int:
+    if getattr(self, "_ntrain", None) is None:
+      from maskjax.data import sources
+      self._ntrain = len(sources.load_splits(self.config.input, int(self.config.seed)).train)
+    return self._ntrain
+
+  def stage_steps(self, scfg) -> int:
+    fixed = int(self.config.train.get("steps", 0) or 0)
+    if fixed > 0:
+      return fixed
+    if int(scfg.get("steps", 0) or 0) > 0:
+      return int(scfg.steps)
+    per_epoch = max(1, math.ceil(self._num_train() / int(scfg.batch_size)))
+    return max(1, int(scfg.epochs) * per_epoch)
+
+  def _tx(self, scfg, steps: int):
+    o = ml_collections.ConfigDict(self.config.optim.to_dict())
+    o.lr = float(scfg.lr)
+    if o.get("schedule", "constant") == "warmup_cosine":
+      warm = int(scfg.get("warmup_epochs", 0))
+      if int(self.config.train.get("steps", 0) or 0) > 0 or int(scfg.get("steps", 0) or 0) > 0:
+        o.warmup_steps = int(round(steps * float(scfg.get("warmup_fraction", 0.0))))
+      else:
+        o.warmup_steps = warm * max(1, math.ceil(self._num_train() / int(scfg.batch_size)))
+      o.warmup_steps = min(int(o.warmup_steps), max(steps - 1, 0))
+    return train_utils.make_optimizer(o, steps)
+
+  def stages(self) -> list[Stage]:
+    if self._stages is not None:
+      return self._stages
+    out = []
+    if bool(self.config.method.use_pretrain):
+      self.steps1 = self.stage_steps(self.pre)
+      self.tx1 = self._tx(self.pre, self.steps1)
+      out.append(Stage("pretrain", self.steps1, int(self.pre.batch_size), self.init_pretrain,
+                       self.train_step_pretrain))
+    self.steps2 = self.stage_steps(self.fine)
+    self.tx2 = self._tx(self.fine, self.steps2)
+    host = None
+    if self.fine.synthesis == "host":
+      host = HostCutPaste(float(self.fine.anomaly_prob), bool(self.fine.poisson))
+    out.append(Stage("finetune", self.steps2, int(self.fine.batch_size), self.init_finetune,
+                     self.train_step_finetune, host_transform=host))
+    self._stages = out
+    return out
+
+  # -- stage 1 -----------------------------------------------------------------------
+  def init_pretrain(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
+    del previous_state
+    k1, k2 = jax.random.split(rng)
+    fresh = self._fresh(k1)
+    vit = self._pretrained_vit(fresh["vit"])
+    protos = l2_normalize_rows(jax.random.normal(
+        k2, (int(self.config.model.num_prototypes), int(self.config.model.bottleneck))))
+    student = {"vit": vit, "head": fresh["head"], "prototypes": protos}
+    teacher = {"vit": jax.tree.map(jnp.copy, vit), "head": jax.tree.map(jnp.copy, fresh["head"])}
+    return {"student": student, "teacher": teacher, "opt": self.tx1.init(student),
+            "step": jnp.zeros((), jnp.int32)}
+
+  def cls_attention(self, vit_params, x_norm) -> jax.Array:
+    """Head-mean last-block CLS attention over the patches [B, N] (no gradient)."""
+    out = self._vit(vit_params, x_norm, return_attention=True)
+    att = jax.lax.stop_gradient(out["attention"])
+    return att[:, :, 0, 1:].mean(axis=1)
+
+  def student_keep_ids(self, key, state, views_norm) -> Optional[jax.Array]:
+    """Kept patch-token indices of the student views [M, K] (None = all tokens)."""
+    masking, r = self.pre.masking, float(self.pre.mask_ratio)
+    n = (views_norm.shape[1] // self.patch) * (views_norm.shape[2] // self.patch)
+    if masking == "none" or int(n * r) == 0:
+      return None
+    if masking == "random":
+      # MAE-style per-sample random ranking, dropping the same int(N r) tokens
+      # as APMask (mae_random_masking keeps int(N (1 - r)), one fewer when N r
+      # is not an integer).
+      noise = jax.random.uniform(key, (views_norm.shape[0], n))
+      return jnp.sort(jnp.argsort(noise, axis=-1)[:, int(n * r):], axis=-1).astype(jnp.int32)
+    src = state["teacher"] if self.pre.attention_source == "teacher" else state["student"]
+    att = self.cls_attention(jax.lax.stop_gradient(src["vit"]), views_norm)
+    return masks.lowest_attention_keep(att, r)
+
+  def pretrain_loss(self, student, state, batch, rng):
+    p = self.pre
+    x = batch["image"].astype(jnp.float32)
+    b = x.shape[0]
+    kt, kg, kl, kmg, kml = jax.random.split(rng, 5)
+    gscale, lscale = tuple(p.global_scale), tuple(p.local_scale)
+    t_view = normalize.imagenet(make_views(kt, x, 1, self.gsize, gscale)).astype(self.dtype)
+    t_out = self._vit(state["teacher"]["vit"], t_view)
+    z_t = self._head(state["teacher"]["head"], t_out["tokens"][:, 0])
+    protos = student["prototypes"]
+    c_sg = jax.lax.stop_gradient(l2_normalize_rows(protos))
+    q = jax.lax.stop_gradient(sinkhorn.sinkhorn(z_t @ c_sg.T, float(p.sinkhorn_eps),
+                                                int(p.sinkhorn_iters)))
+    c = l2_normalize_rows(protos)
+    total, count, aux = 0.0, 0, {}
+    groups = [("global", int(p.num_global), self.gsize, gscale, kg, kmg),
+              ("local", int(p.num_local), self.lsize, lscale, kl, kml)]
+    for name, num, size, scale, kv, km in groups:
+      if num <= 0:
+        continue
+      views = normalize.imagenet(make_views(kv, x, num, size, scale)).astype(self.dtype)
+      keep = self.student_keep_ids(km, state, views)
+      out = self._vit(student["vit"], views, keep_ids=keep)
+      z = self._head(student["head"], out["tokens"][:, 0])
+      ce = swapped_cross_entropy(jnp.tile(q, (num, 1)), z @ c.T, float(p.temperature))
+      aux[f"loss/{name}"] = ce
+      aux[f"tokens/{name}"] = jnp.asarray(out["tokens"].shape[1] - 1, jnp.float32)
+      total = total + ce * num
+      count += num
+    loss = total / count
+    aux["targets/max_cluster_fraction"] = jnp.max(jnp.sum(q, axis=0)) / b
+    return loss, aux
+
+  def train_step_pretrain(self, state: PyTree, batch, rng: jax.Array):
+    (loss, aux), grads = jax.value_and_grad(self.pretrain_loss, has_aux=True)(
+        state["student"], state, batch, rng)
+    student, opt = train_utils.apply_updates(self.tx1, state["student"], state["opt"], grads)
+    student = dict(student, prototypes=l2_normalize_rows(student["prototypes"]))
+    step = state["step"] + 1
+    mom = momentum_at(step, self.steps1, float(self.pre.momentum),
+                      str(self.pre.momentum_schedule))
+    teacher = ema_update(state["teacher"], {"vit": student["vit"], "head": student["head"]}, mom)
+    new = {"student": student, "teacher": teacher, "opt": opt, "step": step}
+    return new, {"loss": loss, **aux, "momentum": mom,
+                 "grad_norm": train_utils.global_norm(grads)}
+
+  # -- stage 2 -----------------------------------------------------------------------
+  def init_finetune(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
+    fresh = self._fresh(rng)
+    if previous_state is not None:
+      vit = previous_state["student"]["vit"]
+    else:
+      vit = self._pretrained_vit(fresh["vit"])
+    params = {"vit": vit, "cls": fresh["cls"], "seg": fresh["seg"]}
+    return {"params": params, "opt": self.tx2.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  def forward(self, params, x01: jax.Array, out_hw: tuple[int, int]):
+    """[B,S,S,3] in [0,1] -> (class logits [B,2], seg logits [B,H',W'] at out_hw)."""
+    xn = normalize.imagenet(x01.astype(jnp.float32)).astype(self.dtype)
+    out = self._vit(params["vit"], xn, return_attention=True)
+    grid = (x01.shape[1] // self.patch, x01.shape[2] // self.patch)
+    logits, _ = self.f["cls"].apply(params["cls"], {}, out["tokens"][:, 0])
+    seg, _ = self.f["seg"].apply(params["seg"], {}, out["attention"], grid)
+    seg = jax.image.resize(seg, (seg.shape[0], int(out_hw[0]), int(out_hw[1])), "linear")
+    return logits.astype(jnp.float32), seg.astype(jnp.float32)
+
+  def synthesize(self, key, params, x01):
+    """Device attention-guided cut-paste: -> (images, masks, labels)."""
+    b, h, w = x01.shape[:3]
+    xn = normalize.imagenet(x01).astype(self.dtype)
+    att = self.cls_attention(jax.lax.stop_gradient(params["vit"]), xn)
+    grid = (h // self.patch, w // self.patch)
+    att = jax.image.resize(att.reshape(b, *grid).astype(jnp.float32), (b, h, w), "linear")
+    kp, kc = jax.random.split(key)
+    keys = jax.random.split(kc, b)
+    fn = lambda k, im, a: cutpaste_one(k, im, a, temperature=float(self.fine.temperature))
+    pasted, mask = jax.vmap(fn)(keys, x01, att)
+    do = jax.random.uniform(kp, (b,)) < float(self.fine.anomaly_prob)
+    mask = mask * do[:, None, None]
+    images = jnp.where(do[:, None, None, None], pasted, x01)
+    labels = (jnp.max(mask, axis=(1, 2)) > 0).astype(jnp.int32)
+    return images, mask, labels
+
+  def train_step_finetune(self, state: PyTree, batch, rng: jax.Array):
+    f = self.fine
+    x = batch["image"].astype(jnp.float32)
+    if f.synthesis == "device":
+      x, target, label = self.synthesize(rng, state["params"], x)
+    else:
+      target, label = batch["mask"].astype(jnp.float32), batch["label"].astype(jnp.int32)
+    hw = x.shape[1:3]
+
+    def loss_fn(params):
+      logits, seg = self.forward(params, x, hw)
+      ce = jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), label[:, None], 1))
+      dice = losses.dice_loss(jax.nn.sigmoid(seg), target)
+      acc = jnp.mean((jnp.argmax(logits, -1) == label).astype(jnp.float32))
+      return float(f.lambda_det) * ce + float(f.lambda_seg) * dice, {
+          "loss/ce": ce, "loss/dice": dice, "accuracy": acc}
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    params, opt = train_utils.apply_updates(self.tx2, state["params"], state["opt"], grads)
+    new = {"params": params, "opt": opt, "step": state["step"] + 1}
+    return new, {"loss": loss, **aux, "anomalous_fraction": jnp.mean(label.astype(jnp.float32)),
+                 "grad_norm": train_utils.global_norm(grads)}
+
+  # -- scoring ------------------------------------------------------------------------
+  def score(self, state: PyTree, batch, calibration: dict) -> dict:
+    params = state["params"]
+    x = batch["image"].astype(jnp.float32)
+    b, h, w = x.shape[:3]
+    maps, probs = [], []
+    for s in self.scales:
+      xs = x if (s, s) == (h, w) else jax.image.resize(x, (b, s, s, 3), "linear")
+      logits, seg = self.forward(params, xs, (h, w))
+      maps.append(jax.nn.sigmoid(seg))
+      probs.append(jax.nn.softmax(logits, axis=-1)[:, 1])
+    probs = jnp.stack(probs)
+    return {"anomaly_map": jnp.mean(jnp.stack(maps), axis=0).astype(jnp.float32),
+            "image_score": jnp.mean(probs, axis=0).astype(jnp.float32),
+            "decision": majority_vote(probs)}
+
+  def describe(self) -> dict:
+    init = str(self.config.model.get("init_from", "") or "") or (
+        "random (config.model.init_from is empty; no pretrained weights)")
+    p, f = self.pre, self.fine
+    d = {"init": init,
+         "backbone": f"{self.config.model.backbone} {self.vit_kw}",
+         "stages": ("pretrain + " if self.config.method.use_pretrain else "") + "finetune",
+         "test_scales": list(self.scales),
+         "synthesis": (f"device attention-guided cut-paste (p={f.anomaly_prob})"
+                       if f.synthesis == "device" else
+                       f"host cut-paste, uniform location, poisson={bool(f.poisson)}"),
+         "compute_dtype": str(self.config.train.get("compute_dtype", "float32"))}
+    if self.config.method.use_pretrain:
+      d["pretrain"] = (f"masking={p.masking} r={p.mask_ratio} (attention from "
+                       f"{p.attention_source}), views 1 teacher {self.gsize}px + "
+                       f"{p.num_global} x {self.gsize}px + {p.num_local} x {self.lsize}px, "
+                       f"K={self.config.model.num_prototypes}, tau={p.temperature}")
+    return d

@@ -1,0 +1,270 @@
+"""ACA: APMask token dropping, Sinkhorn balance, EMA teacher, prototype
+normalisation, device crops and cut-paste, multi-scale scoring, config variants."""
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import aca as aca_config
+from maskjax import methods
+from maskjax.errors import ConfigError
+from maskjax.methods import aca
+from maskjax.ops import masks, sinkhorn
+
+
+def _tiny_config(*variants, scales=(32, 48)):
+  c = aca_config.get_config(",".join(("demo",) + variants))
+  c.input.image_size = 32
+  c.model.backbone_overrides.dim = 32
+  c.model.backbone_overrides.depth = 2
+  c.model.backbone_overrides.heads = 2
+  c.model.head_hidden = 32
+  c.model.bottleneck = 16
+  c.method.pretrain.global_size = 32
+  c.method.pretrain.local_size = 16
+  c.method.pretrain.num_local = 2
+  c.method.test_scales = scales
+  c.train.steps = 4
+  return c
+
+
+def _batch(n=4, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": jnp.asarray(rng.random((n, size, size, 3), np.float32)),
+          "mask": jnp.zeros((n, size, size), jnp.float32),
+          "label": jnp.zeros((n,), jnp.int32), "category_id": jnp.zeros((n,), jnp.int32)}
+
+
+@pytest.fixture(scope="module")
+def trained():
+  c = _tiny_config()
+  method = methods.build_method(c)
+  s1, s2 = method.stages()
+  batch = _batch()
+  st0 = jax.jit(s1.init)(jax.random.key(0), None)
+  st0_np = jax.device_get(st0)
+  st1, m1 = jax.jit(s1.train_step)(st0, batch, jax.random.key(1))
+  st2_0 = jax.jit(s2.init)(jax.random.key(2), st1)
+  step2 = jax.jit(s2.train_step)
+  st2, m2 = step2(st2_0, batch, jax.random.key(3))
+  st2, m2 = step2(st2, batch, jax.random.key(4))
+  return dict(method=method, config=c, st0=st0_np, st1=st1, m1=m1, st2_0=st2_0, st2=st2,
+              m2=m2, batch=batch)
+
+
+# ----------------------------------------------------------------------------
+def _np_lowest_keep(att: np.ndarray, ratio: float) -> np.ndarray:
+  """Independent reference: rank by (value, index), drop the int(N r) first."""
+  n = att.shape[1]
+  k = int(n * ratio)
+  out = []
+  for row in att:
+    order = sorted(range(n), key=lambda i: (float(row[i]), i))
+    out.append(sorted(order[k:]))
+  return np.asarray(out)
+
+
+def test_apmask_ties_are_broken_by_index():
+  att = np.array([[0.1, 0.0, 0.1, 0.0, 0.2, 0.0, 0.1, 0.3, 0.0, 0.1],
+                  [0.5] * 10], np.float32)
+  keep = np.asarray(masks.lowest_attention_keep(jnp.asarray(att), 0.3))
+  np.testing.assert_array_equal(keep, _np_lowest_keep(att, 0.3))
+  np.testing.assert_array_equal(keep[1], np.arange(3, 10))      # all equal: lowest indices go
+
+
+def test_apmask_drops_lowest_teacher_attention_and_forward_sees_n_minus_k(trained):
+  method, st = trained["method"], trained["st1"]
+  views = jnp.asarray(np.random.default_rng(5).normal(size=(3, 32, 32, 3)), jnp.float32)
+  # independent attention: the ViT's own returned attention, head mean of the CLS row
+  out = method._vit(st["teacher"]["vit"], views, return_attention=True)
+  att = np.asarray(out["attention"])[:, :, 0, 1:].mean(axis=1)
+  keep = np.asarray(method.student_keep_ids(jax.random.key(0), st, views))
+  n = (32 // 8) ** 2
+  k = int(n * 0.3)
+  assert keep.shape == (3, n - k)
+  np.testing.assert_array_equal(keep, _np_lowest_keep(att, 0.3))
+  dropped = [sorted(set(range(n)) - set(r)) for r in keep]
+  for row, d in zip(att, dropped):            # every dropped token <= every kept token
+    assert row[d].max() <= np.delete(row, d).min() + 1e-7
+  fwd = method._vit(st["student"]["vit"], views, keep_ids=jnp.asarray(keep))
+  assert fwd["tokens"].shape == (3, 1 + n - k, 32)
+  # the pretrain step's student forwards saw N - k tokens per view
+  m1 = trained["m1"]
+  assert float(m1["tokens/global"]) == n - k
+  n_local = (16 // 8) ** 2
+  assert float(m1["tokens/local"]) == n_local - int(n_local * 0.3)
+
+
+def test_masking_switch_token_counts():
+  for variant, expect in (("no_mask", 16), ("random_mask", 16 - 4)):
+    c = _tiny_config(variant)
+    method = methods.build_method(c)
+    views = jnp.zeros((2, 32, 32, 3))
+    keep = method.student_keep_ids(jax.random.key(1), None, views)   # no attention needed
+    if keep is None:
+      assert expect == 16
+    else:
+      assert keep.shape == (2, expect)
+      assert all(len(set(np.asarray(r).tolist())) == expect for r in keep)
+
+
+def _np_sinkhorn(scores, eps, iters):
+  """SwAV's Sinkhorn-Knopp in float64 NumPy (plain exp, max subtracted)."""
+  q = np.exp((scores - scores.max()) / eps).T
+  q /= q.sum()
+  kk, b = q.shape
+  for _ in range(iters):
+    q /= q.sum(axis=1, keepdims=True)
+    q /= kk
+    q /= q.sum(axis=0, keepdims=True)
+    q /= b
+  return (q * b).T
+
+
+def test_sinkhorn_targets_are_balanced_across_prototypes(trained):
+  method, st = trained["method"], trained["st1"]
+  b, kk = 40, 20
+  rng = np.random.default_rng(0)
+  # teacher features all near one prototype: raw assignments collapse
+  c = np.asarray(st["student"]["prototypes"], np.float64)
+  z = c[0][None] + 0.3 * rng.normal(size=(b, c.shape[1]))
+  z /= np.linalg.norm(z, axis=1, keepdims=True)
+  scores = z @ c.T
+  q = np.asarray(sinkhorn.sinkhorn(jnp.asarray(scores, jnp.float32), 0.05, 3))
+  np.testing.assert_allclose(q, _np_sinkhorn(scores, 0.05, 3), rtol=2e-4, atol=1e-6)
+  np.testing.assert_allclose(q.sum(axis=1), 1.0, atol=1e-5)
+  raw = np.exp(scores / 0.05) / np.exp(scores / 0.05).sum(axis=1, keepdims=True)
+  assert raw.sum(axis=0).max() > 0.5 * b                    # collapsed before
+  col = q.sum(axis=0)
+  # balanced after 3 iterations (exact balance only in the limit)
+  assert col.min() > 0.5 * b / kk and col.max() < 1.5 * b / kk
+  assert method.config.model.num_prototypes == kk
+
+
+def test_ema_update_and_cosine_momentum_match_numpy(trained):
+  rng = np.random.default_rng(0)
+  t = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": [rng.normal(size=5).astype(np.float32)]}
+  s = {"a": rng.normal(size=(3, 4)).astype(np.float32), "b": [rng.normal(size=5).astype(np.float32)]}
+  out = aca.ema_update(t, s, 0.9)
+  np.testing.assert_allclose(out["a"], 0.9 * t["a"] + 0.1 * s["a"], rtol=1e-6)
+  np.testing.assert_allclose(out["b"][0], 0.9 * t["b"][0] + 0.1 * s["b"][0], rtol=1e-6)
+  for step, total in ((0, 10), (3, 10), (10, 10)):
+    want = 1 - (1 - 0.996) * (math.cos(math.pi * step / total) + 1) / 2
+    assert abs(float(aca.momentum_at(step, total, 0.996, "cosine")) - want) < 1e-7
+  assert float(aca.momentum_at(7, 10, 0.99, "constant")) == pytest.approx(0.99)
+  # the step itself: teacher_1 = m teacher_0 + (1 - m) student_1
+  st0, st1, m1 = trained["st0"], jax.device_get(trained["st1"]), trained["m1"]
+  m = float(m1["momentum"])
+  assert m == pytest.approx(1 - (1 - 0.99) * (math.cos(math.pi * 1 / 4) + 1) / 2, abs=1e-6)
+  for key in ("vit", "head"):
+    for t0, s1, t1 in zip(jax.tree.leaves(st0["teacher"][key]),
+                          jax.tree.leaves(st1["student"][key]),
+                          jax.tree.leaves(st1["teacher"][key])):
+      np.testing.assert_allclose(t1, m * np.asarray(t0, np.float64) + (1 - m) * s1,
+                                 rtol=1e-5, atol=1e-6)
+
+
+def test_prototypes_unit_norm_after_step(trained):
+  p = np.asarray(trained["st1"]["student"]["prototypes"])
+  assert p.shape == (20, 16)
+  np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-5)
+  assert np.all(np.isfinite(np.asarray(trained["m1"]["loss"])))
+
+
+def test_crop_resize_identity_box_is_a_plain_crop():
+  img = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
+  out = aca.crop_resize(jnp.asarray(img), jnp.asarray([3.0, 5.0, 12.0, 12.0]), 12)
+  np.testing.assert_allclose(np.asarray(out), img[3:15, 5:17], atol=1e-6)
+  # 2x shrink of an aligned box = 2x2 average of the pixels (triangle width 2)
+  out = aca.crop_resize(jnp.asarray(img), jnp.asarray([0.0, 0.0, 20.0, 24.0]), 10)
+  assert out.shape == (10, 10, 3)
+
+
+def test_device_cutpaste_mask_and_untouched_pixels():
+  img = jnp.asarray(np.random.default_rng(1).random((32, 32, 3)), jnp.float32)
+  att = jnp.zeros((32, 32)).at[20:24, 4:8].set(1.0)
+  centres = []
+  for i in range(6):
+    out, mask = aca.cutpaste_one(jax.random.key(i), img, att, temperature=0.01)
+    out, mask = np.asarray(out), np.asarray(mask)
+    assert set(np.unique(mask)) <= {0.0, 1.0} and mask.sum() > 0
+    np.testing.assert_array_equal(out[mask == 0], np.asarray(img)[mask == 0])
+    ys, xs = np.nonzero(mask)
+    centres.append((ys.mean(), xs.mean()))
+  # the paste follows the attention (sharp temperature): centres near the hot block
+  cy, cx = np.mean(centres, axis=0)
+  assert 15 < cy < 28 and 0 <= cx < 12
+
+
+def test_finetune_step_starts_from_pretrained_backbone(trained):
+  st1, st2_0, m2 = trained["st1"], trained["st2_0"], trained["m2"]
+  for a, b in zip(jax.tree.leaves(st1["student"]["vit"]), jax.tree.leaves(st2_0["params"]["vit"])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for k in ("loss", "loss/ce", "loss/dice"):
+    assert np.isfinite(float(m2[k]))
+  w = 0.95 * float(m2["loss/ce"]) + 0.05 * float(m2["loss/dice"])
+  assert float(m2["loss"]) == pytest.approx(w, rel=1e-5)
+
+
+def test_multiscale_score_equals_average_of_single_scale_runs(trained):
+  st, batch = trained["st2"], trained["batch"]
+  multi = methods.build_method(_tiny_config(scales=(32, 48, 64)))
+  out = jax.device_get(jax.jit(multi.score)(st, batch, {}))
+  singles = []
+  for s in (32, 48, 64):
+    m = methods.build_method(_tiny_config(scales=(s,)))
+    singles.append(jax.device_get(jax.jit(m.score)(st, batch, {})))
+  maps = np.stack([o["anomaly_map"] for o in singles])
+  probs = np.stack([o["image_score"] for o in singles])
+  assert out["anomaly_map"].shape == (4, 32, 32)
+  np.testing.assert_allclose(out["anomaly_map"], maps.mean(axis=0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["image_score"], probs.mean(axis=0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(out["decision"], (probs > 0.5).sum(axis=0) * 2 > 3)
+  # the scales really differ (position-embedding interpolation is exercised)
+  assert np.abs(maps[0] - maps[2]).max() > 1e-6
+
+
+def test_majority_vote():
+  p = jnp.asarray([[0.9, 0.1, 0.6, 0.4], [0.8, 0.2, 0.4, 0.6], [0.1, 0.9, 0.4, 0.6]])
+  np.testing.assert_array_equal(np.asarray(aca.majority_vote(p)), [True, False, False, True])
+  p2 = jnp.asarray([[0.9], [0.1]])
+  assert not bool(aca.majority_vote(p2)[0])      # a tie is not a majority
+
+
+def test_config_variants():
+  full = aca_config.get_config()
+  assert tuple(full.method.test_scales) == (224, 320, 384, 416, 448, 512)
+  assert full.model.num_prototypes == 20 and full.method.pretrain.mask_ratio == 0.3
+  assert full.method.pretrain.num_local == 8 and full.method.pretrain.local_size == 96
+  assert full.method.finetune.lambda_det == 0.95
+  assert aca_config.get_config("demo,random_mask").method.pretrain.masking == "random"
+  with pytest.raises(ConfigError, match="unknown variant"):
+    aca_config.get_config("demo,nope")
+  c = _tiny_config()
+  c.method.pretrain.masking = "block"
+  with pytest.raises(ConfigError, match="masking"):
+    methods.build_method(c)
+  c = _tiny_config()
+  c.method.test_scales = (30,)
+  with pytest.raises(ConfigError, match="multiple of the patch"):
+    methods.build_method(c)
+
+
+def test_host_cutpaste_transform_labels_and_half_normal():
+  img = np.random.default_rng(2).random((24, 24, 3)).astype(np.float32)
+  ex = {"image": img, "mask": np.zeros((24, 24), np.float32), "label": np.int32(0)}
+  t = aca.HostCutPaste(anomaly_prob=0.5, poisson=False)
+  labels = []
+  for i in range(40):
+    out = t(ex, np.random.default_rng(i))
+    labels.append(int(out["label"]))
+    assert int(out["label"]) == int(out["mask"].max() > 0)
+    np.testing.assert_array_equal(out["image"][out["mask"] == 0], img[out["mask"] == 0])
+  assert 8 <= sum(labels) <= 32
+  c = _tiny_config("poisson")
+  s2 = methods.build_method(c).stages()[-1]
+  assert isinstance(s2.host_transform, aca.HostCutPaste) and s2.host_transform.poisson
