@@ -74,12 +74,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if variant == "demo":
     c.input.data_dir = ""
     c.input.image_size = 64
-    c.input.batch_size = 8
+    c.input.batch_size = 4
     c.input.eval_batch_size = 16
-    c.model.widths = (16, 32, 64, 128, 128)
+    c.model.widths = (16, 32, 64, 64)
     c.method.ks = (2, 4, 8, 16)
     c.optim.lr = 1e-3
-    c.train.steps = 600
+    c.train.steps = 300
     c.train.epochs = 0
     c.train.log_every = 50
     c.train.checkpoint_every = 300

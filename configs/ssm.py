@@ -1,0 +1,110 @@
+r"""SSM (Huang et al., TMM 2022): conditional U-Net with mask attention modules,
+random grid masks in training, progressive mask refinement at test time.
+
+Full run (the paper's settings, MVTec AD, all categories in one run):
+
+  python -m maskjax.main --config=configs/ssm.py --workdir=runs/ssm \
+      --config.input.data_dir=/data/mvtec_anomaly_detection
+
+  One category (the paper trains one model per category):
+      --config.input.categories='("bottle",)'
+
+Demo (embedded demo data, all demo categories in one model, 2-core CPU):
+
+  python -m maskjax.main --config=configs/ssm.py:demo --workdir=/tmp/ssm_demo
+
+Variants (`--config=configs/ssm.py:VARIANT`, comma-separated to combine):
+  full      (default) the paper's settings
+  demo      small widths at 64 px on the embedded demo data
+  no_mam    ablation: no mask attention modules (paper Table IV)
+  no_refine ablation: "no refinement" baseline, 16 random masks per k
+
+Settings: 256 px, widths 64-512, train k in {4, 8, 16} (REFERENCE: for 256 px
+images), test k in {4, 8, 16}, loss weights 1, Adam lr 1e-4 with coupled weight
+decay 1e-5, lr halved every 50 epochs, batch 8, 300 epochs. Steps =
+train.steps when > 0, else train.epochs x method.steps_per_epoch;
+steps_per_epoch = 30 is ceil(~240 training normals of a typical MVTec AD
+category / batch 8) and also sets the lr decay period (50 epochs). Adjust both
+for other data, or give --config.train.steps and --config.optim.decay_every.
+eta is the maximum error of the validation split of training normals
+(`input.val_fraction`), computed after training and saved with the run.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from maskjax import config_base
+from maskjax.errors import ConfigError
+
+VARIANTS = ("full", "demo", "no_mam", "no_refine")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  variants = [v.strip() for v in (arg or "full").split(",") if v.strip()]
+  unknown = [v for v in variants if v not in VARIANTS]
+  if unknown:
+    raise ConfigError(f"configs/ssm.py: unknown variant(s) {', '.join(map(repr, unknown))}; "
+                      f"known: {', '.join(VARIANTS)}")
+  c = config_base.base_config()
+
+  c.input.categories = ("*",)
+  c.input.image_size = 256
+  c.input.batch_size = 8
+  c.input.eval_batch_size = 8
+  c.input.val_fraction = 0.1
+
+  # -- model ----------------------------------------------------------------
+  c.model.widths = (64, 128, 256, 512, 512)
+  c.model.use_mam = True                     # mask attention modules (paper eq. 2)
+  c.model.upsample = "nearest"
+
+  # -- method ---------------------------------------------------------------
+  c.method.name = "ssm"
+  c.method.train_ks = (4, 8, 16)             # per-image cell size in training
+  c.method.ks = (4, 8, 16)                   # test-time scales (ensemble)
+  c.method.loss_weights = ml_collections.ConfigDict(
+      {"mse": 1.0, "gms": 1.0, "ssim": 1.0, "mask": 1.0})
+  c.method.input_range = "half"              # "half" (mean=std=0.5) | "unit" ([0,1], official code)
+  c.method.refine = True                     # False: the paper's no-refinement baseline
+  c.method.max_iters = 10                    # refinement iterations per scale, at most
+  c.method.num_random_masks = 16             # no-refinement baseline only
+  c.method.image_score = "as_written"        # "as_written" (Alg. 1 line 15) | "masked_mean"
+  c.method.eta_statistic = "patch"           # max of k x k patch means of S^0 | "pixel"
+  c.method.eta_mode = "per_category"         # "per_category" | "global"
+  c.method.eta_scale = 1.0
+  c.method.score_seed = 0
+  c.method.steps_per_epoch = 30              # used only when train.steps == 0
+
+  # -- optimiser ----------------------------------------------------------------
+  c.optim.name = "adam"
+  c.optim.lr = 1e-4
+  c.optim.weight_decay = 1e-5
+  c.optim.schedule = "step"
+  c.optim.decay_every = 50 * c.method.steps_per_epoch
+  c.optim.decay_factor = 0.5
+
+  # -- training ---------------------------------------------------------------------
+  c.train.steps = 0
+  c.train.epochs = 300
+  c.train.log_every = 50
+  c.train.checkpoint_every = 1000
+
+  if "demo" in variants:
+    c.input.data_dir = ""
+    c.input.image_size = 64
+    c.input.batch_size = 8
+    c.input.eval_batch_size = 16
+    c.model.widths = (16, 32, 64, 64)
+    c.method.train_ks = (4, 8, 16)
+    c.method.ks = (4, 8, 16)
+    c.optim.lr = 1e-3
+    c.optim.schedule = "constant"
+    c.train.steps = 400
+    c.train.epochs = 0
+    c.train.checkpoint_every = 400
+    c.eval.num_heatmaps = 2
+  if "no_mam" in variants:
+    c.model.use_mam = False
+  if "no_refine" in variants:
+    c.method.refine = False
+  return c

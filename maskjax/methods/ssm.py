@@ -1,0 +1,384 @@
+"""SSM (Huang et al., TMM 2022): self-supervised masking with a conditional
+U-Net and progressive mask refinement at test time.
+
+Masks are float32 [B,H,W] with 1 = visible, 0 = masked (hidden from the net).
+
+Value ranges: batches arrive in [0, 1]. With `config.method.input_range =
+"half"` (default) the U-Net sees mean = std = 0.5 normalised images (masked
+pixels are 0 = mid-grey) and both tanh heads are mapped back to [0, 1] by
+(t + 1) / 2; with "unit" (SSM's official code) it sees [0, 1] images and the
+tanh outputs are used as they are. Every loss and error term is computed on
+[0, 1] images.
+
+Training (stage "train"): for every image and step, a cell size k drawn from
+`config.method.train_ks` and a random grid mask with that k
+(`maskjax.ops.masks.random_grid_masks`, every cell hidden with probability 0.5).
+The inpainted image is composed as in paper eq. 3, I_hat = I' (1 - M) + I M, and
+  loss = w_mse * mean((I_hat - I)^2) + w_gms * mean(1 - GMS(I_hat, I))
+       + w_ssim * (1 - mean SSIM(I_hat, I)) + w_mask * mean((M' - M)^2)
+(eq. 4, 5, 9, 10, 11; weights `config.method.loss_weights`).
+
+Error map (eq. 12), per pixel: f = mean_c (I - I_hat)^2 + (1 - GMS) + (1 - mean_c SSIM),
+with I_hat composed as above (GMS single scale, eq. 6-8).
+
+Inference (Algorithm 1), for each k in `config.method.ks`:
+  * S^0 = mean of f over the two complementary checkerboards of k x k cells
+    (each composed image is exact where visible, so each map carries the
+    error of the pixels that mask hides, as in the paper's Fig. 5);
+  * refinement, run as one `lax.while_loop` over the whole batch. Carry: mask
+    M, map S, the next mask M_next = threshold(S^0), done [B], iters [B]. Each
+    iteration, for every image not done: M = M_next, S = f(I, compose(net(I, M))),
+    iters += 1, M_next = 1 where the k x k patch mean of S is <= eta and 0
+    where it exceeds eta (line 7-9); the image is done when M_next == M (the
+    mask converged: S already belongs to it) or iters == max_iters. Done
+    images keep their values (`jnp.where`), and BatchNorm uses running
+    averages, so an image's result does not depend on the rest of the batch.
+    `max_iters = 0` returns S^0 (mask all visible).
+  * eps_k (line 15) = sum(S) / sum(M) ("as_written", default; sum(M) clamped to
+    >= 1 pixel) or the mean of S over the masked area ("masked_mean"; 0 when
+    nothing is masked), `config.method.image_score`.
+Final map = mean over k of S^k; image score = mean over k of eps_k. `score`
+also returns "iterations" (int32 [B]): refinement reconstructions summed over
+the scales.
+
+eta (`calibrate`): the maximum, over the validation split of training
+normals, of the statistic the threshold is compared with: the k x k patch means
+of S^0 over every k ("patch", default) or the pixels of S^0 ("pixel"),
+`config.method.eta_statistic`. Computed per category (the paper trains and
+thresholds one category at a time) and overall; `config.method.eta_mode`
+"per_category" (default) or "global" picks which one score uses, multiplied by
+`config.method.eta_scale` (1 = the paper).
+
+`config.method.refine = False` is the paper's "no refinement" baseline: per k,
+the mean of f over `config.method.num_random_masks` (16) fixed random grid masks;
+image score = mean of that map.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from maskjax import methods, train_utils
+from maskjax.errors import ConfigError, DataError
+from maskjax.methods.base import Method, Stage
+from maskjax.methods.riad import abstract_functional, check_geometry, init_pure, stage_steps
+from maskjax.models.unet import SsmUNet
+from maskjax.ops import gms, masks as masks_lib, normalize, ssim
+
+IMAGE_SCORES = ("as_written", "masked_mean")
+
+
+# ----------------------------------------------------------------------------
+# Algorithm 1 building blocks (pure, batched)
+# ----------------------------------------------------------------------------
+def error_map(x01: jax.Array, r01: jax.Array) -> jax.Array:
+  """Eq. 12 per pixel: [B,H,W,3] x2 in [0,1] -> [B,H,W] float32."""
+  x01 = x01.astype(jnp.float32)
+  r01 = r01.astype(jnp.float32)
+  l2 = jnp.mean(jnp.square(x01 - r01), axis=-1)
+  return l2 + (1.0 - gms.gms_map(x01, r01)) + (1.0 - jnp.mean(ssim.ssim_map(x01, r01), axis=-1))
+
+
+def patch_mean(s: jax.Array, k: int) -> jax.Array:
+  """Mean of [B,H,W] over each k x k patch, broadcast back to [B,H,W]."""
+  b, h, w = s.shape
+  p = s.reshape(b, h // k, k, w // k, k).mean(axis=(2, 4))
+  return jnp.repeat(jnp.repeat(p, k, axis=1), k, axis=2)
+
+
+def threshold_mask(s: jax.Array, eta: jax.Array, k: int) -> jax.Array:
+  """Algorithm 1 lines 6-9: 0 (masked) on patches whose mean exceeds eta [B]."""
+  return (patch_mean(s, k) <= eta[:, None, None]).astype(jnp.float32)
+
+
+def image_score(s: jax.Array, m: jax.Array, mode: str = "as_written") -> jax.Array:
+  """eps_k [B] from map s and final mask m ([B,H,W]); see module docstring."""
+  if mode == "as_written":
+    return jnp.sum(s, axis=(1, 2)) / jnp.maximum(jnp.sum(m, axis=(1, 2)), 1.0)
+  if mode == "masked_mean":
+    hidden = 1.0 - m
+    return jnp.sum(s * hidden, axis=(1, 2)) / jnp.maximum(jnp.sum(hidden, axis=(1, 2)), 1.0)
+  raise ConfigError(f"config.method.image_score must be one of {IMAGE_SCORES}, got {mode!r}")
+
+
+def refine(err_fn: Callable[[jax.Array], jax.Array], s0: jax.Array, eta: jax.Array, k: int,
+           max_iters: int):
+  """Progressive mask refinement (Algorithm 1, lines 4-14) for a whole batch.
+
+  err_fn(mask [B,H,W]) -> S [B,H,W] reconstructs the batch under `mask` and
+  returns the eq. 12 map. s0 [B,H,W]; eta [B]. Returns (mask, map, iters [B]
+  int32). Every image stops on its own (see module docstring).
+  """
+  b = s0.shape[0]
+  ones = jnp.ones_like(s0)
+  m_next = threshold_mask(s0, eta, k)
+  init = (ones, s0, m_next, jnp.full((b,), max_iters <= 0), jnp.zeros((b,), jnp.int32))
+
+  def cond(carry):
+    return jnp.any(~carry[3])
+
+  def body(carry):
+    m, s, m_next, done, iters = carry
+    s_new = err_fn(m_next)
+    iters_new = iters + 1
+    m_after = threshold_mask(s_new, eta, k)
+    converged = jnp.all(m_after == m_next, axis=(1, 2))
+    keep = done[:, None, None]
+    m = jnp.where(keep, m, m_next)
+    s = jnp.where(keep, s, s_new)
+    m_next = jnp.where(keep, m_next, m_after)
+    iters = jnp.where(done, iters, iters_new)
+    done = done | converged | (iters >= max_iters)
+    return m, s, m_next, done, iters
+
+  m, s, _, _, iters = jax.lax.while_loop(cond, body, init)
+  return m, s, iters
+
+
+# ----------------------------------------------------------------------------
+# the method
+# ----------------------------------------------------------------------------
+@methods.register
+class Ssm(Method):
+  """SSM; see the module docstring. State: {"params", "rest", "opt_state"}."""
+
+  name = "ssm"
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.method
+    self.ks = tuple(int(k) for k in m.ks)
+    self.train_ks = tuple(int(k) for k in m.train_ks)
+    self.widths = tuple(int(w) for w in config.model.widths)
+    self.use_mam = bool(config.model.get("use_mam", True))
+    self.upsample = str(config.model.get("upsample", "nearest"))
+    self.size = check_geometry(config, self.ks + self.train_ks, self.widths, "ssm")
+    w = m.loss_weights
+    self.w = {"mse": float(w.mse), "gms": float(w.gms), "ssim": float(w.ssim),
+              "mask": float(w.mask)}
+    self.input_range = str(m.get("input_range", "half"))
+    if self.input_range not in ("half", "unit"):
+      raise ConfigError(f"config.method.input_range must be 'half' or 'unit', "
+                        f"got {self.input_range!r}")
+    self.refine_on = bool(m.get("refine", True))
+    self.max_iters = int(m.get("max_iters", 10))
+    self.num_random_masks = int(m.get("num_random_masks", 16))
+    self.image_score_mode = str(m.get("image_score", "as_written"))
+    if self.image_score_mode not in IMAGE_SCORES:
+      raise ConfigError(f"config.method.image_score must be one of {IMAGE_SCORES}, "
+                        f"got {self.image_score_mode!r}")
+    self.eta_statistic = str(m.get("eta_statistic", "patch"))
+    if self.eta_statistic not in ("patch", "pixel"):
+      raise ConfigError(f"config.method.eta_statistic must be 'patch' or 'pixel', "
+                        f"got {self.eta_statistic!r}")
+    self.eta_mode = str(m.get("eta_mode", "per_category"))
+    if self.eta_mode not in ("per_category", "global"):
+      raise ConfigError(f"config.method.eta_mode must be 'per_category' or 'global', "
+                        f"got {self.eta_mode!r}")
+    self.eta_scale = float(m.get("eta_scale", 1.0))
+    self.score_seed = int(m.get("score_seed", 0))
+    self.dtype = train_utils.compute_dtype(config.train)
+    self.steps = stage_steps(config)
+    self.tx = train_utils.make_optimizer(config.optim, self.steps)
+    self.f = abstract_functional(self._factory)
+
+  def _factory(self, rngs: nnx.Rngs) -> SsmUNet:
+    return SsmUNet(self.widths, use_mam=self.use_mam, upsample=self.upsample, rngs=rngs)
+
+  # -- model ------------------------------------------------------------------
+  def predict(self, params, rest, x01: jax.Array, mask: jax.Array, train: bool = False):
+    """Raw heads in [0, 1]: (image [B,H,W,3], mask [B,H,W]), new rest."""
+    x = normalize.half(x01) if self.input_range == "half" else x01
+    if self.dtype != jnp.float32:
+      params = train_utils.cast_floating(params, self.dtype)
+      x = x.astype(self.dtype)
+    (img, msk), new_rest = self.f.apply(params, rest, x, mask, train=train)
+    img = img.astype(jnp.float32)
+    msk = msk.astype(jnp.float32)
+    if self.input_range == "half":
+      img, msk = normalize.half_inverse(img), normalize.half_inverse(msk)
+    return (img, msk), new_rest
+
+  def reconstruct(self, params, rest, x01: jax.Array, mask: jax.Array) -> jax.Array:
+    """Eq. 3 (inference, running BatchNorm averages): I' (1 - M) + I M in [0,1]."""
+    (img, _), _ = self.predict(params, rest, x01, mask, train=False)
+    m = mask[..., None]
+    return img * (1.0 - m) + x01 * m
+
+  def error_fn(self, params, rest, x01: jax.Array) -> Callable[[jax.Array], jax.Array]:
+    """mask [B,H,W] -> eq. 12 map [B,H,W] of the batch x01 reconstructed under it."""
+    return lambda mask: error_map(x01, self.reconstruct(params, rest, x01, mask))
+
+  # -- training ---------------------------------------------------------------
+  def train_masks(self, rng: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
+    """Per-image k from train_ks and a random grid mask with it: ([B,H,W], k [B])."""
+    k_rng, m_rng = jax.random.split(rng)
+    idx = jax.random.randint(k_rng, (batch,), 0, len(self.train_ks))
+    keys = jax.random.split(m_rng, len(self.train_ks))
+    all_masks = jnp.stack([masks_lib.random_grid_masks(keys[i], batch, self.size, self.size, k)
+                           for i, k in enumerate(self.train_ks)])
+    return all_masks[idx, jnp.arange(batch)], jnp.asarray(self.train_ks)[idx]
+
+  def loss_terms(self, x01, img01, mask_pred, mask) -> dict:
+    m = mask[..., None]
+    comp = img01 * (1.0 - m) + x01 * m
+    return {
+        "mse": jnp.mean(jnp.square(comp - x01)),
+        "gms": jnp.mean(1.0 - gms.gms_map(comp, x01)),
+        "ssim": ssim.ssim_loss(comp, x01, data_range=1.0),
+        "mask": jnp.mean(jnp.square(mask_pred - mask)),
+    }
+
+  def stages(self) -> list[Stage]:
+    def init(rng, previous):
+      del previous
+      params, rest = init_pure(self._factory, rng)
+      return {"params": params, "rest": rest, "opt_state": self.tx.init(params)}
+
+    def train_step(state, batch, rng):
+      x = batch["image"].astype(jnp.float32)
+      mask, k = self.train_masks(rng, x.shape[0])
+
+      def loss_fn(params, mb, r):
+        del r
+        (img, mpred), rest = self.predict(params, state["rest"], mb["image"], mb["mask"],
+                                          train=True)
+        terms = self.loss_terms(mb["image"], img, mpred, mb["mask"])
+        loss = sum(self.w[n] * v for n, v in terms.items())
+        aux = {f"loss/{n}": v for n, v in terms.items()}
+        aux["state"] = rest
+        return loss, aux
+
+      (loss, aux), grads = train_utils.value_and_grad_accum(
+          loss_fn, state["params"], {"image": x, "mask": mask}, rng,
+          accum_steps=int(self.config.optim.get("accum_steps", 1)))
+      rest = aux.pop("state")
+      params, opt_state = train_utils.apply_updates(self.tx, state["params"],
+                                                    state["opt_state"], grads)
+      metrics = dict(aux, loss=loss, mean_k=jnp.mean(k.astype(jnp.float32)))
+      return {"params": params, "rest": rest, "opt_state": opt_state}, metrics
+
+    return [Stage(name="train", steps=self.steps, batch_size=int(self.config.input.batch_size),
+                  init=init, train_step=train_step)]
+
+  # -- inference ----------------------------------------------------------------
+  def initial_map(self, params, rest, x01: jax.Array, k: int) -> jax.Array:
+    """S^0 [B,H,W]: mean of eq. 12 over the complementary checkerboard pair."""
+    b = x01.shape[0]
+    pair = masks_lib.checkerboard_pair(self.size, self.size, k)
+    xx = jnp.concatenate([x01, x01], axis=0)
+    mm = jnp.repeat(pair, b, axis=0)
+    s = error_map(xx, self.reconstruct(params, rest, xx, mm))
+    return 0.5 * (s[:b] + s[b:])
+
+  def random_mask_map(self, params, rest, x01: jax.Array, k: int) -> jax.Array:
+    """No-refinement baseline: mean of eq. 12 over fixed random grid masks."""
+    b = x01.shape[0]
+    key = jax.random.fold_in(jax.random.PRNGKey(self.score_seed), k)
+    ms = masks_lib.random_grid_masks(key, self.num_random_masks, self.size, self.size, k)
+
+    def body(acc, m):
+      mm = jnp.broadcast_to(m, (b,) + m.shape)
+      return acc + error_map(x01, self.reconstruct(params, rest, x01, mm)), None
+
+    acc, _ = jax.lax.scan(body, jnp.zeros((b, self.size, self.size), jnp.float32), ms)
+    return acc / self.num_random_masks
+
+  def eta_for_batch(self, batch, calibration: dict) -> jax.Array:
+    """Per-image threshold [B] from the calibration dict."""
+    b = batch["image"].shape[0]
+    if not calibration or "eta" not in calibration:
+      raise ConfigError("ssm: score needs calibration['eta'] (run calibrate on the validation "
+                        "split; config.input.val_fraction must be > 0)")
+    eta_global = jnp.asarray(calibration["eta"], jnp.float32)
+    eta = jnp.broadcast_to(eta_global, (b,))
+    table = calibration.get("eta_per_category")
+    if self.eta_mode == "per_category" and table is not None and len(table) > 0:
+      table = jnp.asarray(table, jnp.float32)
+      cid = batch.get("category_id")
+      cid = jnp.zeros((b,), jnp.int32) if cid is None else cid.astype(jnp.int32)
+      n = table.shape[0]
+      eta = jnp.where(cid < n, table[jnp.clip(cid, 0, n - 1)], eta_global)
+    return eta * self.eta_scale
+
+  def score_scale(self, params, rest, x01, eta, k: int):
+    """(map S^k [B,H,W], eps_k [B], iterations [B]) for one cell size."""
+    b = x01.shape[0]
+    if not self.refine_on:
+      s = self.random_mask_map(params, rest, x01, k)
+      return s, jnp.mean(s, axis=(1, 2)), jnp.zeros((b,), jnp.int32)
+    s0 = self.initial_map(params, rest, x01, k)
+    m, s, iters = refine(self.error_fn(params, rest, x01), s0, eta, k, self.max_iters)
+    return s, image_score(s, m, self.image_score_mode), iters
+
+  def score(self, state, batch, calibration) -> dict:
+    x = batch["image"].astype(jnp.float32)
+    b = x.shape[0]
+    eta = (self.eta_for_batch(batch, calibration) if self.refine_on
+           else jnp.zeros((b,), jnp.float32))
+    maps, scores, iters = [], [], []
+    for k in self.ks:
+      s, e, it = self.score_scale(state["params"], state["rest"], x, eta, k)
+      maps.append(s)
+      scores.append(e)
+      iters.append(it)
+    return {"anomaly_map": jnp.mean(jnp.stack(maps), axis=0),
+            "image_score": jnp.mean(jnp.stack(scores), axis=0),
+            "iterations": jnp.sum(jnp.stack(iters), axis=0).astype(jnp.int32)}
+
+  # -- calibration --------------------------------------------------------------
+  def validation_stats(self, state, batch) -> jax.Array:
+    """Per image and k, the maximum of the eta statistic of S^0: [B, len(ks)]."""
+    x = batch["image"].astype(jnp.float32)
+    out = []
+    for k in self.ks:
+      s0 = self.initial_map(state["params"], state["rest"], x, k)
+      stat = patch_mean(s0, k) if self.eta_statistic == "patch" else s0
+      out.append(jnp.max(stat, axis=(1, 2)))
+    return jnp.stack(out, axis=1)
+
+  def calibrate(self, state, val_batches: Iterable) -> dict:
+    fn = jax.jit(self.validation_stats)
+    per_cat: dict[int, float] = {}
+    overall = -np.inf
+    seen = 0
+    for batch in val_batches:
+      stats = _to_host(fn(state, {"image": batch["image"]})).max(axis=1)
+      b = stats.shape[0]
+      valid = (_to_host(batch["valid"]).astype(bool) if "valid" in batch
+               else np.ones((b,), bool))
+      cids = (_to_host(batch["category_id"]).astype(int) if "category_id" in batch
+              else np.zeros((b,), int))
+      for v, ok, c in zip(stats, valid, cids):
+        if ok:
+          seen += 1
+          overall = max(overall, float(v))
+          per_cat[int(c)] = max(per_cat.get(int(c), -np.inf), float(v))
+    if not seen:
+      raise DataError("ssm: the validation split of training normals is empty, so eta "
+                      "cannot be computed; set config.input.val_fraction > 0")
+    table = [per_cat.get(i, overall) for i in range(max(per_cat) + 1)]
+    return {"eta": overall, "eta_per_category": table}
+
+  def describe(self) -> dict:
+    return {"init": "random (no pretrained weights)",
+            "model": f"SsmUNet widths={self.widths} mam={self.use_mam} upsample={self.upsample}",
+            "inference": (f"progressive mask refinement (lax.while_loop, max_iters="
+                          f"{self.max_iters}), k in {self.ks}, eta {self.eta_mode} "
+                          f"({self.eta_statistic} max) x {self.eta_scale}, image score "
+                          f"{self.image_score_mode}") if self.refine_on else
+                         f"no refinement: {self.num_random_masks} random masks per k in {self.ks}",
+            "value_range": f"losses/errors on [0, 1] images; U-Net input {self.input_range}",
+            "extra_outputs": "score() also returns 'iterations' [B]"}
+
+
+def _to_host(x) -> np.ndarray:
+  """Global array -> NumPy on this host (all-gather across processes if needed)."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
