@@ -13,24 +13,30 @@ Full run (accelerator host), unified MVTec AD + VisA (27 categories):
     <data_dir>/visa/split_csv/1cls.csv  (+ the VisA category folders it names)
   `init_from`: MAE ImageNet weights converted with
     python -m maskjax.weights.convert mae_visualize_vit_large.pth OUT --arch mae_vit_large_patch16
-  (encoder + decoder; `mae_pretrain_vit_large.pth` gives the encoder only).
+  (encoder + decoder); `mae_pretrain_vit_large.pth` has the encoder only:
+    python -m maskjax.weights.convert mae_pretrain_vit_large.pth OUT \
+        --arch mae_vit_large_patch16_encoder
+  (the decoder then starts from random weights; the log says which tensors).
   Without it both stages start from random weights and the run log says so.
 
 Variants (`--config=configs/mala.py:VARIANT`, comma-separated to combine):
   mvtec         MVTec AD only (15 categories, same data_dir layout)
   visa          VisA only (12 categories, same data_dir layout)
-  per_category  the paper's single-class setting: one model per category. Run
-                it once per category, e.g.
+  per_category  the paper's single-class setting (Table 2): one model per
+                category. Each run selects one category, e.g.
                   --config=configs/mala.py:mvtec,per_category \
                   --config.input.categories='("mvtec/bottle",)'
-                (sampling quotas are then per that one category)
+                or all of them as a sweep (`maskjax.sweep`, an entry with
+                "config": "configs/mala.py:per_category" and "categories": [...]).
+                Stage lengths then follow the one category's quota.
   demo          tiny ViT at 64 px on the embedded demo data, all demo
                 categories in one model; both stages on a 2-core CPU:
                   python -m maskjax.main --config=configs/mala.py:demo --workdir=/tmp/mala_demo
   demo_multi    `demo` with the demo data laid out as MVTec + VisA
                 (`maskjax.data.demo.generate_multi`), format "multi"
-  reduced       the full configuration's architecture (24 + 8 blocks) at a
-                reduced width (64) with a few steps, for smoke tests
+  reduced       the full configuration's code path (ViT-L/16 patching, sin-cos
+                MAE, PLPM, TBM, unified MVTec AD + VisA data) at reduced width
+                (64) and depth (4 + 2 blocks), 2 steps per stage, for smoke tests
   Ablations (paper Table 4): no_stage1, no_plpm, no_tbm, recon_score
   (reconstruction-based scoring with the stage-1 model instead of stage 2).
   bf16          bfloat16 compute (float32 parameters) on accelerators.
@@ -136,8 +142,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if "reduced" in variants:
     c.model.encoder_overrides.dim = 64
+    c.model.encoder_overrides.depth = 4
     c.model.encoder_overrides.heads = 4
     c.model.decoder_dim = 32
+    c.model.decoder_depth = 2
     c.model.decoder_heads = 4
     c.model.plpm_width = 8
     c.input.image_size = 64
@@ -165,14 +173,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.plpm_width = 16
     c.model.plpm_layers = 3
     c.method.score_kernel = 5
-    c.method.stage1.epochs = 40
+    # 4 categories x 64 samples / 32 = 8 steps per epoch: 200 + 960 steps
+    c.method.stage1.epochs = 25
     c.method.stage1.samples_per_category = 64
     c.method.stage1.batch_size = 32
     c.method.stage1.base_lr = 1.5e-3
-    c.method.stage2.epochs = 40
+    c.method.stage2.epochs = 120
     c.method.stage2.samples_per_category = 64
     c.method.stage2.batch_size = 32
-    c.method.stage2.base_lr = 2e-3
+    c.method.stage2.base_lr = 8e-3              # lr 1e-3
     c.input.batch_size = 32
     c.optim.weight_decay = 0.05
     c.train.log_every = 20

@@ -1,0 +1,560 @@
+"""MALA (Chen et al., IEEE Access 2023): one model for all categories.
+
+Stage 1 ("stage1", perceive normal patterns)
+  MAE (ViT encoder with fixed sin-cos positions + `decoder_depth` x
+  `decoder_dim` decoder, `maskjax.models.mae`) reconstructs normal images from
+  25% of their patch tokens (`method.mask_ratio` = 0.75, per-sample random
+  masking). The MAE sees ImageNet-normalised images and predicts normalised
+  pixels (the convention of the published `mae_visualize` weights); the
+  prediction of *all* patches is mapped back to [0, 1] (`recon`) and
+  compared with the original x in [0, 1]:
+    L = a1 * mean|x - recon| + a2 * (1 - SSIM(recon, x)) + a3 * L_pl
+  (`maskjax.ops.ssim`, 11x11 Gaussian window, zero padding, data range 1).
+  PLPM (`maskjax.models.mala_heads.PLPMDiscriminator`) labels originals 0 and
+  reconstructions 1; it is trained with BCE in its own optimiser step after
+  the MAE step of the same batch, on the reconstructions of that step
+  (stop-gradient):  L_D = 0.5 * (BCE(D(x), 0) + BCE(D(recon), 1)).
+  L_pl is the reconstruction side of the paper's eq. (3): -1/(2n) sum
+  log(1 - sigmoid(D(recon))) = 0.5 * mean softplus(D(recon)), which pushes D's
+  output on reconstructions towards "original" (the eq.'s term on originals
+  does not depend on the MAE and is left out of the gradient step; it is
+  reported in L_D). Optimiser AdamW (`config.optim`: wd 0.05, betas 0.9/0.95),
+  lr = base_lr * batch / 256 (paper), for the MAE and, separately, for D.
+
+Stage 2 ("stage2", predict anomaly maps)
+  The encoder is frozen: its parameters live under state["encoder"], outside
+  the optimiser (no gradients, no optimiser state), and its outputs pass
+  through `stop_gradient`. The decoder (initialised from stage 1) sees *all*
+  tokens (no masking, no mask tokens). The Token Balance Module
+  (`mala_heads.TokenBalanceModule`, paper eq. 5) fuses the encoder's first-
+  block output and final (normed) tokens with the decoder's last (normed)
+  tokens into 2*p*p values per token, unpatchified to logits [B, H, W, 2];
+  channel 0 is the anomaly channel: p = softmax(logits)[..., 0].
+    L = b1 * mean|mask - p| + b2 * focal(mask, softmax)
+  (focal per DRAEM, gamma 2, on softmax probabilities with the anomaly class
+  as channel 0). Training images: Perlin-noise anomalies (`maskjax.ops.perlin`)
+  with probability `stage2.anomaly_prob` (0.8 = 64 of 80), of which a
+  fraction `stage2.local_prob` is restricted to the image's foreground
+  (`foreground_mask`), the rest global.
+
+Scoring
+  end_to_end: anomaly_map = p (channel-0 probability) at the input size;
+  image_score = max over pixels of avgpool_k(p), k = `method.score_kernel`
+  (odd), stride 1, zero padding k // 2 with divisor k*k
+  (`F.avg_pool2d(..., count_include_pad=True)`, `maskjax.ops.filters.box_filter`).
+  reconstruction (ablation, stage-1 model): `recon_passes` passes with
+  disjoint kept-token sets (each covering 1/recon_passes of the tokens,
+  fixed seed); the map is the channel-mean |x - recon| averaged over the
+  passes in which the pixel's patch was masked; then the same pooled max.
+
+Multi-class: one model for all configured categories; the data pipeline
+samples uniformly over the training images of all categories (balanced when
+the categories have equal counts, like the demo data); stage lengths follow
+the paper's per-category quotas: steps = epochs * samples_per_category *
+num_categories / batch (unless `config.train.steps` > 0).
+
+Pretrained weights: `config.model.init_from` (an Orbax checkpoint written by
+`maskjax.weights.convert` for an MAE, encoder keys under `encoder.`) is read on
+the host inside stage 1's init through `jax.pure_callback`, so init stays a
+jittable function; missing decoder keys (encoder-only checkpoints) keep their
+random initialisation and the run log says which parts were loaded.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from maskjax import methods
+from maskjax import train_utils
+from maskjax.errors import CheckpointError, ConfigError
+from maskjax.methods.base import Method, Stage
+from maskjax.models import mae as mae_lib
+from maskjax.models import mala_heads
+from maskjax.models import vit as vit_lib
+from maskjax.ops import filters, losses, masks, normalize, ssim
+
+PyTree = Any
+SCORINGS = ("end_to_end", "reconstruction")
+
+
+# ----------------------------------------------------------------------------
+# pure helpers (tested against NumPy)
+# ----------------------------------------------------------------------------
+def image_score(anomaly_map: jax.Array, kernel: int) -> jax.Array:
+  """max over pixels of the k x k mean filter of `anomaly_map` [B,H,W] -> [B].
+
+  Stride 1, zero padding k // 2, every window divided by k*k (PyTorch
+  `avg_pool2d(count_include_pad=True)`), k odd."""
+  pooled = filters.box_filter(anomaly_map.astype(jnp.float32)[..., None], int(kernel))[..., 0]
+  return jnp.max(pooled, axis=(1, 2))
+
+
+def anomaly_probability(logits: jax.Array) -> jax.Array:
+  """Softmax over the 2 channels of [B,H,W,2] logits; channel 0 = anomaly -> [B,H,W]."""
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 0]
+
+
+def stage2_loss(logits: jax.Array, target: jax.Array, b1: float, b2: float,
+                gamma: float = 2.0) -> tuple[jax.Array, dict]:
+  """b1 * mean|target - p0| + b2 * focal(target, softmax), channel 0 = anomaly.
+
+  `losses.focal_loss` takes the anomalous class as channel 1, so the
+  probabilities are passed with the channels swapped."""
+  probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+  l1 = jnp.mean(jnp.abs(target.astype(jnp.float32) - probs[..., 0]))
+  focal = losses.focal_loss(probs[..., ::-1], target, gamma=gamma)
+  return b1 * l1 + b2 * focal, {"loss/l1": l1, "loss/focal": focal}
+
+
+def foreground_mask(image: np.ndarray, border: int = 4, min_fraction: float = 0.05,
+                    max_fraction: float = 0.95) -> Optional[np.ndarray]:
+  """Host-side foreground estimate for local Perlin anomalies.
+
+  The background colour is the per-channel median of a `border`-pixel frame;
+  each pixel's Euclidean RGB distance to it is thresholded with Otsu's method
+  (256-bin histogram of the distances). Returns a float32 [H,W] {0,1} mask, or
+  None when the foreground covers less than `min_fraction` or more than
+  `max_fraction` of the image (textures, objects filling the frame): the caller
+  then uses a global anomaly.
+  """
+  img = np.asarray(image, np.float32)
+  h, w = img.shape[:2]
+  b = max(1, min(border, h // 4, w // 4))
+  frame = np.concatenate([img[:b].reshape(-1, 3), img[-b:].reshape(-1, 3),
+                          img[:, :b].reshape(-1, 3), img[:, -b:].reshape(-1, 3)])
+  bg = np.median(frame, axis=0)
+  dist = np.sqrt(np.sum((img - bg) ** 2, axis=-1))
+  hi = float(dist.max())
+  if hi <= 1e-6:
+    return None
+  hist, edges = np.histogram(dist, bins=256, range=(0.0, hi))
+  p = hist.astype(np.float64) / hist.sum()
+  centres = 0.5 * (edges[:-1] + edges[1:])
+  w0 = np.cumsum(p)
+  m0 = np.cumsum(p * centres)
+  mt = m0[-1]
+  w1 = 1.0 - w0
+  with np.errstate(divide="ignore", invalid="ignore"):
+    between = (mt * w0 - m0) ** 2 / (w0 * w1)
+  between[~np.isfinite(between)] = -1.0
+  thr = edges[int(np.argmax(between)) + 1]
+  fg = (dist > thr).astype(np.float32)
+  frac = float(fg.mean())
+  if frac < min_fraction or frac > max_fraction:
+    return None
+  return fg
+
+
+@dataclasses.dataclass
+class PerlinTransform:
+  """Stage-2 host transform (picklable for grain workers).
+
+  Per example, from the example's generator: with probability
+  `anomaly_prob` a Perlin anomaly, local (restricted to `foreground_mask`)
+  with probability `local_prob` when a foreground is found, else global;
+  otherwise the clean image (mask 0, label 0)."""
+  texture_dir: str = ""
+  anomaly_prob: float = 0.8
+  local_prob: float = 0.5
+
+  def __post_init__(self):
+    from maskjax.ops import perlin
+    self._synth = perlin.PerlinAnomaly(self.texture_dir, anomaly_prob=1.0)
+
+  @property
+  def source_description(self) -> str:
+    return self._synth.source_description
+
+  def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+    out = dict(example)
+    image = example["image"]
+    if rng.random() >= self.anomaly_prob:
+      out["mask"] = np.zeros(image.shape[:2], np.float32)
+      out["label"] = np.int32(0)
+      return out
+    fg = foreground_mask(image) if rng.random() < self.local_prob else None
+    img, mask, label = self._synth(image, rng, fg)
+    out["image"] = img.astype(np.float32)
+    out["mask"] = mask.astype(np.float32)
+    out["label"] = np.int32(label)
+    return out
+
+
+def _dotted(path) -> str:
+  """jax key path -> "encoder.blocks.0.attn.qkv.kernel" (maskjax.weights naming)."""
+  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def count_categories(input_cfg) -> int:
+  """Number of categories the config selects (listing only, no image reads)."""
+  from maskjax.data import sources
+  if str(input_cfg.format) == "tfds":
+    return len(sources.load_splits(input_cfg, 0).categories)
+  avail = sorted(sources.list_categories(input_cfg))
+  return len(sources.select_categories(tuple(input_cfg.categories), avail,
+                                       str(input_cfg.data_dir or "demo data")))
+
+
+# ----------------------------------------------------------------------------
+# the method
+# ----------------------------------------------------------------------------
+@methods.register
+class Mala(Method):
+  name = "mala"
+
+  def __init__(self, config):
+    super().__init__(config)
+    m = config.method
+    if m.scoring not in SCORINGS:
+      raise ConfigError(f"config.method.scoring={m.scoring!r}; known: {', '.join(SCORINGS)}")
+    k = int(m.score_kernel)
+    if k < 1 or k % 2 == 0:
+      raise ConfigError(f"config.method.score_kernel={k} must be a positive odd integer")
+    if not 0.0 < float(m.mask_ratio) < 1.0:
+      raise ConfigError(f"config.method.mask_ratio={m.mask_ratio} must be in (0, 1)")
+    if m.scoring == "reconstruction" and not m.use_stage1:
+      raise ConfigError("config.method.scoring='reconstruction' needs stage 1 "
+                        "(config.method.use_stage1=True)")
+    self.dtype = train_utils.compute_dtype(config.train)
+    self.img = int(config.input.image_size)
+    enc_name = str(config.model.encoder)
+    if enc_name not in vit_lib.VIT_CONFIGS:
+      raise ConfigError(f"config.model.encoder={enc_name!r}; known: "
+                        f"{', '.join(sorted(vit_lib.VIT_CONFIGS))}")
+    enc_kw = dict(vit_lib.VIT_CONFIGS[enc_name])
+    enc_kw.update(dict(config.model.get("encoder_overrides", {}) or {}))
+    self.patch = int(enc_kw["patch"])
+    if self.img % self.patch:
+      raise ConfigError(f"config.input.image_size={self.img} must be a multiple of the "
+                        f"encoder patch {self.patch} ({enc_name})")
+    self.grid = (self.img // self.patch, self.img // self.patch)
+    self.num_tokens = self.grid[0] * self.grid[1]
+    self.enc_kw = enc_kw
+    # Abstract modules: graph definitions and state templates, no weights.
+    abstract = nnx.eval_shape(lambda: self._build(nnx.Rngs(0)))
+    self.f_mae = train_utils.Functional(abstract["mae"])
+    self.f_disc = train_utils.Functional(abstract["disc"])
+    self.f_tbm = train_utils.Functional(abstract["tbm"])
+    self.encoder_key = "encoder"
+    if self.encoder_key not in self.f_mae.params:
+      raise RuntimeError("maskjax.models.mae.MAE no longer keeps its ViT under 'encoder'")
+    self._host_transform = None
+
+  # -- modules -----------------------------------------------------------------
+  def _build(self, rngs: nnx.Rngs) -> dict:
+    c = self.config.model
+    enc = vit_lib.ViT(img_size=self.img, pos_embed="sincos", dtype=self.dtype, rngs=rngs,
+                      **self.enc_kw)
+    mae = mae_lib.MAE(enc, decoder_dim=int(c.decoder_dim), decoder_depth=int(c.decoder_depth),
+                      decoder_heads=int(c.decoder_heads), rngs=rngs)
+    disc = mala_heads.PLPMDiscriminator(int(c.plpm_width), int(c.plpm_layers), dtype=self.dtype,
+                                        rngs=rngs)
+    tbm = mala_heads.TokenBalanceModule(int(self.enc_kw["dim"]), int(c.decoder_dim), self.patch,
+                                        use_encoder_tokens=bool(self.config.method.use_tbm),
+                                        dtype=self.dtype, rngs=rngs)
+    return {"mae": mae, "disc": disc, "tbm": tbm}
+
+  def _fresh(self, rng: jax.Array) -> dict:
+    """Random-init pure dicts {name: (params, rest)} (jittable)."""
+    mods = self._build(nnx.Rngs(params=rng))
+    out = {}
+    for k, mod in mods.items():
+      _, p, r = train_utils.split_pure(mod)
+      out[k] = (p, r)
+    return out
+
+  # -- optimisers ----------------------------------------------------------------
+  def _lr(self, stage_cfg) -> float:
+    lr = float(stage_cfg.lr)
+    return lr if lr > 0 else float(stage_cfg.base_lr) * int(stage_cfg.batch_size) / 256.0
+
+  def _optim_cfg(self, lr: float):
+    o = ml_collections.ConfigDict(self.config.optim.to_dict())
+    o.lr = lr
+    return o
+
+  def _tx(self, stage_cfg, steps: int):
+    return train_utils.make_optimizer(self._optim_cfg(self._lr(stage_cfg)), steps)
+
+  def _disc_tx(self, steps: int):
+    lr = float(self.config.method.disc_lr) or self._lr(self.config.method.stage1)
+    return train_utils.make_optimizer(self._optim_cfg(lr), steps)
+
+  # -- schedule ---------------------------------------------------------------------
+  def _num_categories(self) -> int:
+    if getattr(self, "_ncat", None) is None:
+      self._ncat = count_categories(self.config.input)
+    return self._ncat
+
+  def stage_steps(self, stage_cfg) -> int:
+    fixed = int(self.config.train.get("steps", 0) or 0)
+    if fixed > 0:
+      return fixed
+    total = int(stage_cfg.epochs) * int(stage_cfg.samples_per_category) * self._num_categories()
+    return max(1, int(math.ceil(total / int(stage_cfg.batch_size))))
+
+  def stages(self) -> list[Stage]:
+    m = self.config.method
+    out = []
+    if m.use_stage1:
+      s1 = m.stage1
+      steps1 = self.stage_steps(s1)
+      self._tx1 = self._tx(s1, steps1)
+      self._txd = self._disc_tx(steps1)
+      out.append(Stage("stage1", steps1, int(s1.batch_size), self.init_stage1,
+                       self.train_step_stage1))
+    if m.scoring == "end_to_end":
+      s2 = m.stage2
+      steps2 = self.stage_steps(s2)
+      self._tx2 = self._tx(s2, steps2)
+      out.append(Stage("stage2", steps2, int(s2.batch_size), self.init_stage2,
+                       self.train_step_stage2, host_transform=self.host_transform()))
+    return out
+
+  def host_transform(self) -> PerlinTransform:
+    if self._host_transform is None:
+      s2 = self.config.method.stage2
+      self._host_transform = PerlinTransform(str(self.config.input.get("texture_dir", "")),
+                                             float(s2.anomaly_prob), float(s2.local_prob))
+    return self._host_transform
+
+  # -- pretrained weights --------------------------------------------------------------
+  def _pretrained_mae(self, params: dict) -> dict:
+    """params with the tensors of `config.model.init_from` put in (read on the host
+    through `jax.pure_callback`, so init stays jittable). An encoder-only
+    checkpoint (kind "vit") fills the encoder; decoder tensors it lacks keep
+    their random init (logged). Unexpected keys or shape mismatches fail."""
+    path = str(self.config.model.get("init_from", "") or "")
+    if not path:
+      return params
+    flat = self._read_checkpoint(path)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [_dotted(k) for k, _ in leaves]
+    self._check_checkpoint(path, flat, dict(zip(names, (v.shape for _, v in leaves))))
+    wanted = tuple(n for n in names if n in flat)
+    shapes = tuple(jax.ShapeDtypeStruct(tuple(flat[n].shape), jnp.float32) for n in wanted)
+
+    def load():
+      f = self._read_checkpoint(path)
+      return tuple(np.asarray(f[n], np.float32) for n in wanted)
+
+    values = dict(zip(wanted, jax.pure_callback(load, shapes))) if wanted else {}
+    new = [values.get(n, v) for n, (_, v) in zip(names, leaves)]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+  def _read_checkpoint(self, path: str) -> dict:
+    """Flat {"encoder.blocks.0.attn.qkv.kernel": np.ndarray} of a converted checkpoint
+    (`maskjax.weights.read`), cached on the method object."""
+    cache = getattr(self, "_ckpt_cache", None)
+    if cache is not None and cache[0] == path:
+      return cache[1]
+    from maskjax import weights
+    flat, meta = weights.read(path)
+    if meta.get("kind") == "vit" or not any(k.startswith(self.encoder_key + ".") for k in flat):
+      flat = {f"{self.encoder_key}.{k}": v for k, v in flat.items()}
+    self._ckpt_cache = (path, flat)
+    return flat
+
+  def _check_checkpoint(self, path: str, flat: dict, ours: dict) -> None:
+    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k])}"
+           for k, v in flat.items() if k in ours and tuple(v.shape) != tuple(ours[k])]
+    unexpected = sorted(k for k in flat if k not in ours)
+    missing = sorted(k for k in ours if k not in flat)
+    enc_missing = [k for k in missing if k.startswith(self.encoder_key + ".")]
+    if bad or unexpected or enc_missing:
+      parts = bad[:5]
+      if unexpected:
+        parts.append(f"unexpected keys {unexpected[:5]}")
+      if enc_missing:
+        parts.append(f"missing encoder keys {enc_missing[:5]}")
+      raise CheckpointError(
+          f"config.model.init_from={path!r} does not fit config.model.encoder="
+          f"{self.config.model.encoder!r} (overrides {self.enc_kw}) with decoder "
+          f"{self.config.model.decoder_depth} x {self.config.model.decoder_dim} at {self.img} px: "
+          + "; ".join(parts))
+    if missing:
+      logging.info("init_from %s: %d decoder tensors are not in the checkpoint and keep their "
+                   "random init (%s, ...)", path, len(missing), ", ".join(missing[:3]))
+
+  # -- forward passes -----------------------------------------------------------------
+  def _mae(self, params, rest):
+    return self.f_mae.module(params, rest)
+
+  def _reconstruct(self, params, rest, x01, keep_ids, ids_restore):
+    """x01 [B,H,W,3] in [0,1] -> reconstruction of every patch, in [0,1] space (float32)."""
+    mae = self._mae(params, rest)
+    latent = mae.forward_encoder(normalize.imagenet(x01.astype(self.dtype)), keep_ids)["tokens"]
+    pred = mae.forward_decoder(latent, ids_restore, grid_hw=self.grid)
+    img = mae_lib.unpatchify(pred.astype(jnp.float32), self.patch, *self.grid)
+    return normalize.imagenet_inverse(img)
+
+  def _disc(self, params, x):
+    logits, _ = self.f_disc.apply(params, {}, x)
+    return logits.astype(jnp.float32)
+
+  def _map_logits(self, enc_params, dec_params, tbm_params, rest, x01):
+    """Stage-2 forward: [B,H,W,3] in [0,1] -> logits [B,H,W,2] (channel 0 = anomaly)."""
+    mae = self._mae({**dec_params, self.encoder_key: enc_params}, rest)
+    out = mae.encoder(normalize.imagenet(x01.astype(self.dtype)), return_blocks=True)
+    first = jax.lax.stop_gradient(out["blocks"][0])
+    last = jax.lax.stop_gradient(out["tokens"])
+    # The decoder on all tokens: no mask tokens, identity order.
+    h = mae.decoder_embed(last)
+    pos = mae.decoder_pos_embed[...]
+    h = h + pos.astype(h.dtype)
+    for blk in mae.decoder_blocks:
+      h, _ = blk(h)
+    dec_last = mae.decoder_norm(h)
+    tbm = self.f_tbm.module(tbm_params, {})
+    tokens = tbm(first[:, 1:], last[:, 1:], dec_last[:, 1:])
+    return mala_heads.unpatchify_channels(tokens, self.patch, self.grid, 2)
+
+  # -- stage 1 -----------------------------------------------------------------------
+  def init_stage1(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
+    fresh = self._fresh(rng)
+    mae_p = self._pretrained_mae(fresh["mae"][0])
+    state = {"params": mae_p, "rest": fresh["mae"][1],
+             "opt": self._tx1.init(mae_p)}
+    if self.config.method.use_plpm:
+      state["disc"] = fresh["disc"][0]
+      state["disc_opt"] = self._txd.init(fresh["disc"][0])
+    return state
+
+  def train_step_stage1(self, state: PyTree, batch, rng: jax.Array):
+    m = self.config.method
+    x = batch["image"].astype(jnp.float32)
+    b = x.shape[0]
+    keep_ids, mask, ids_restore = masks.mae_random_masking(rng, b, self.num_tokens,
+                                                           float(m.mask_ratio))
+    use_plpm = bool(m.use_plpm)
+    rest = state["rest"]
+
+    def loss_fn(params):
+      recon = self._reconstruct(params, rest, x, keep_ids, ids_restore)
+      l1 = jnp.mean(jnp.abs(recon - x))
+      ls = ssim.ssim_loss(recon, x)
+      loss = float(m.a1) * l1 + float(m.a2) * ls
+      aux = {"loss/l1": l1, "loss/ssim": ls}
+      if use_plpm:
+        pl = 0.5 * jnp.mean(jax.nn.softplus(self._disc(state["disc"], recon)))
+        loss = loss + float(m.a3) * pl
+        aux["loss/pseudo_label"] = pl
+      return loss, (aux, recon)
+
+    (loss, (aux, recon)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    params, opt = train_utils.apply_updates(self._tx1, state["params"], state["opt"], grads)
+    new = dict(state, params=params, opt=opt)
+    metrics = {"loss": loss, **aux, "grad_norm": train_utils.global_norm(grads)}
+    if use_plpm:
+      fake = jax.lax.stop_gradient(recon)
+
+      def d_loss_fn(dp):
+        lo = self._disc(dp, x)
+        lp = self._disc(dp, fake)
+        real = jnp.mean(jax.nn.softplus(lo))       # BCE(D(x), 0)
+        fake_l = jnp.mean(jax.nn.softplus(-lp))    # BCE(D(recon), 1)
+        acc = 0.5 * (jnp.mean(lo < 0) + jnp.mean(lp > 0))
+        return 0.5 * (real + fake_l), acc
+
+      (dl, acc), dg = jax.value_and_grad(d_loss_fn, has_aux=True)(state["disc"])
+      dp, dopt = train_utils.apply_updates(self._txd, state["disc"], state["disc_opt"], dg)
+      new["disc"], new["disc_opt"] = dp, dopt
+      metrics["disc/loss"] = dl
+      metrics["disc/accuracy"] = acc
+    return new, metrics
+
+  # -- stage 2 ------------------------------------------------------------------------
+  def split_mae(self, mae_params: dict) -> tuple[dict, dict]:
+    """MAE pure dict -> (encoder params, decoder params = everything else)."""
+    enc = mae_params[self.encoder_key]
+    dec = {k: v for k, v in mae_params.items() if k != self.encoder_key}
+    return enc, dec
+
+  def init_stage2(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
+    fresh = self._fresh(rng)
+    if previous_state is not None:
+      mae_p, rest = previous_state["params"], previous_state["rest"]
+    else:   # "no stage 1": ImageNet weights when given, else random
+      mae_p, rest = self._pretrained_mae(fresh["mae"][0]), fresh["mae"][1]
+    enc, dec = self.split_mae(mae_p)
+    trainable = {"decoder": dec, "tbm": fresh["tbm"][0]}
+    return {"encoder": enc, "trainable": trainable, "rest": rest,
+            "opt": self._tx2.init(trainable)}
+
+  def train_step_stage2(self, state: PyTree, batch, rng: jax.Array):
+    m = self.config.method
+    x = batch["image"].astype(jnp.float32)
+    target = batch["mask"].astype(jnp.float32)
+    enc = state["encoder"]
+
+    def loss_fn(tp):
+      logits = self._map_logits(enc, tp["decoder"], tp["tbm"], state["rest"], x)
+      return stage2_loss(logits, target, float(m.b1), float(m.b2), float(m.focal_gamma))
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
+    tp, opt = train_utils.apply_updates(self._tx2, state["trainable"], state["opt"], grads)
+    new = dict(state, trainable=tp, opt=opt)
+    return new, {"loss": loss, **aux, "grad_norm": train_utils.global_norm(grads)}
+
+  # -- scoring ------------------------------------------------------------------------
+  def score(self, state: PyTree, batch, calibration: dict) -> dict:
+    x = batch["image"].astype(jnp.float32)
+    h, w = x.shape[1:3]
+    if (h, w) != (self.img, self.img):
+      x = jax.image.resize(x, (x.shape[0], self.img, self.img, 3), "linear")
+    if self.config.method.scoring == "reconstruction":
+      amap = self._recon_error_map(state, x)
+    else:
+      logits = self._map_logits(state["encoder"], state["trainable"]["decoder"],
+                                state["trainable"]["tbm"], state["rest"], x)
+      amap = anomaly_probability(logits)
+    if (h, w) != (self.img, self.img):
+      amap = jax.image.resize(amap, (amap.shape[0], h, w), "linear")
+    return {"anomaly_map": amap.astype(jnp.float32),
+            "image_score": image_score(amap, int(self.config.method.score_kernel))}
+
+  def _recon_error_map(self, state, x):
+    """Reconstruction-based map (ablation): see the module docstring."""
+    n = max(2, int(self.config.method.recon_passes))
+    b = x.shape[0]
+    perm = jax.random.permutation(jax.random.key(0), self.num_tokens)
+    chunks = np.array_split(np.arange(self.num_tokens), n)
+    err_sum = jnp.zeros((b, self.img, self.img), jnp.float32)
+    cnt = jnp.zeros((1, self.img, self.img), jnp.float32)
+    for ch in chunks:
+      keep = perm[ch[0]:ch[-1] + 1]
+      removed = jnp.ones((self.num_tokens,), jnp.float32).at[keep].set(0.0)
+      order = jnp.concatenate([keep, jnp.setdiff1d(perm, keep, size=self.num_tokens - len(ch))])
+      ids_restore = jnp.argsort(order)
+      keep_b = jnp.broadcast_to(keep[None], (b, len(ch)))
+      rest_b = jnp.broadcast_to(ids_restore[None], (b, self.num_tokens))
+      recon = self._reconstruct(state["params"], state["rest"], x, keep_b, rest_b)
+      err = jnp.mean(jnp.abs(recon - x), axis=-1)
+      pix = mae_lib.unpatchify(jnp.broadcast_to(removed[None, :, None],
+                                                (1, self.num_tokens, self.patch ** 2)),
+                               self.patch, *self.grid)[..., 0]
+      err_sum = err_sum + err * pix
+      cnt = cnt + pix
+    return err_sum / jnp.maximum(cnt, 1.0)
+
+  def describe(self) -> dict:
+    m = self.config.method
+    init = str(self.config.model.get("init_from", "") or "") or "random (no checkpoint)"
+    d = {"init": init,
+         "encoder": f"{self.config.model.encoder} {self.enc_kw} at {self.img} px",
+         "stages": ("stage1 + " if m.use_stage1 else "") +
+                   ("stage2" if m.scoring == "end_to_end" else "(reconstruction scoring)"),
+         "plpm": bool(m.use_plpm), "tbm": bool(m.use_tbm),
+         "compute_dtype": str(self.config.train.get("compute_dtype", "float32")),
+         "sampling": "uniform over the training images of all categories"}
+    if m.scoring == "end_to_end":
+      d["anomaly_source"] = self.host_transform().source_description
+    return d

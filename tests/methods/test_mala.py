@@ -1,0 +1,301 @@
+"""MALA: image score vs NumPy pooling, TBM layout and channel semantics, the
+frozen stage-2 encoder, the PLPM update, the foreground mask, pretrained
+weights, config variants."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import mala as mala_config
+from maskjax import methods
+from maskjax.errors import ConfigError
+from maskjax.methods import mala
+from maskjax.models import mala_heads
+
+
+def _tiny_config(*variants, **method):
+  c = mala_config.get_config(",".join(("demo",) + variants))
+  c.input.image_size = 32
+  c.model.encoder = "vit_tiny_patch8"
+  c.model.encoder_overrides.dim = 32
+  c.model.encoder_overrides.depth = 2
+  c.model.encoder_overrides.heads = 2
+  c.model.decoder_dim = 16
+  c.model.decoder_depth = 1
+  c.model.decoder_heads = 2
+  c.model.plpm_width = 4
+  c.model.plpm_layers = 2
+  c.method.score_kernel = 3
+  c.train.steps = 3
+  for k, v in method.items():
+    c.method[k] = v
+  return c
+
+
+def _batch(n=4, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"image": jnp.asarray(rng.random((n, size, size, 3), np.float32)),
+          "mask": jnp.asarray((rng.random((n, size, size)) > 0.8).astype(np.float32)),
+          "label": jnp.ones((n,), jnp.int32), "category_id": jnp.zeros((n,), jnp.int32)}
+
+
+def _np_avgpool_max(m, k):
+  """Zero-padded k x k mean (divisor k*k), stride 1, then max per image."""
+  p = k // 2
+  padded = np.pad(m.astype(np.float64), ((0, 0), (p, p), (p, p)))
+  b, h, w = m.shape
+  out = np.zeros((b, h, w))
+  for i in range(h):
+    for j in range(w):
+      out[:, i, j] = padded[:, i:i + k, j:j + k].sum(axis=(1, 2)) / (k * k)
+  return out.max(axis=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def trained():
+  """A tiny model after 6 stage-1 steps (MAE lr 0 so that the reconstructions are
+  fixed and only the PLPM discriminator learns, one batch and one masking key)
+  and 2 stage-2 steps. Shared by the tests below (one compile per stage)."""
+  c = _tiny_config()
+  c.method.stage1.base_lr = 0.0
+  c.method.disc_lr = 3e-3
+  method = methods.build_method(c)
+  s1, s2 = method.stages()
+  batch = _batch()
+  st1_0 = jax.jit(s1.init)(jax.random.key(0), None)
+  st1 = jax.tree.map(jnp.copy, st1_0)
+  step1 = jax.jit(s1.train_step)
+  key = jax.random.key(7)
+  disc_losses = []
+  for i in range(6):
+    if i == 5:
+      before = jax.tree.map(jnp.copy, st1)
+    st1, m1 = step1(st1, batch, key)
+    disc_losses.append(float(m1["disc/loss"]))
+  st2_0 = jax.jit(s2.init)(jax.random.key(1), st1)
+  st2 = jax.tree.map(jnp.copy, st2_0)
+  step2 = jax.jit(s2.train_step)
+  for i in range(2):
+    st2, m2 = step2(st2, batch, jax.random.key(10 + i))
+  return dict(method=method, st1_0=st1_0, st1=st1, st1_before_last=before, key=key,
+              disc_losses=disc_losses, st2_0=st2_0, st2=st2, m1=m1, m2=m2, batch=batch)
+
+
+# ----------------------------------------------------------------------------
+def test_image_score_equals_numpy_avgpool_max():
+  rng = np.random.default_rng(1)
+  m = rng.random((3, 13, 11)).astype(np.float32)
+  m[1, 0:3, 0:3] += 2.0      # a corner blob: the zero padding matters
+  for k in (1, 3, 5):
+    np.testing.assert_allclose(np.asarray(mala.image_score(jnp.asarray(m), k)),
+                               _np_avgpool_max(m, k), rtol=1e-5, atol=1e-6)
+
+
+def test_score_map_is_channel0_probability_and_score_is_pooled_max(trained):
+  method, st2, batch = trained["method"], trained["st2"], trained["batch"]
+  out = jax.jit(method.score)(st2, batch, {})
+  amap = np.asarray(out["anomaly_map"])
+  assert amap.shape == (4, 32, 32) and np.all((amap >= 0) & (amap <= 1))
+  np.testing.assert_allclose(np.asarray(out["image_score"]),
+                             _np_avgpool_max(amap, method.config.method.score_kernel),
+                             rtol=1e-5, atol=1e-6)
+  logits = np.asarray(method._map_logits(st2["encoder"], st2["trainable"]["decoder"],
+                                         st2["trainable"]["tbm"], st2["rest"], batch["image"]),
+                      np.float64)
+  assert logits.shape == (4, 32, 32, 2)
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  np.testing.assert_allclose(amap, e[..., 0] / e.sum(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_tbm_shape_and_token_layout():
+  p, grid, de, dd = 4, (2, 3), 8, 6
+  tbm = mala_heads.TokenBalanceModule(de, dd, p, rngs=__import__("flax").nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  b, l = 2, grid[0] * grid[1]
+  first, last = (jnp.asarray(rng.normal(size=(b, l, de)), jnp.float32) for _ in range(2))
+  dec = jnp.asarray(rng.normal(size=(b, l, dd)), jnp.float32)
+  tokens = tbm(first, last, dec)
+  assert tokens.shape == (b, l, 2 * p * p)
+  # eq. (5) with the module's own weights, in NumPy
+  k_in, b_in = np.asarray(tbm.proj_in.kernel[...]), np.asarray(tbm.proj_in.bias[...])
+  k_out, b_out = np.asarray(tbm.proj_out.kernel[...]), np.asarray(tbm.proj_out.bias[...])
+  fused = np.concatenate([first, last], -1) @ k_in + b_in
+  want = np.concatenate([fused, dec], -1) @ k_out + b_out
+  np.testing.assert_allclose(np.asarray(tokens), want, rtol=1e-4, atol=1e-4)
+  # token t = r * w + c covers pixels [r*p:(r+1)*p, c*p:(c+1)*p]; values laid out [p, p, 2]
+  amap = np.asarray(tbm.to_map(tokens, grid))
+  assert amap.shape == (b, grid[0] * p, grid[1] * p, 2)
+  t = np.asarray(tokens).reshape(b, l, p, p, 2)
+  for r in range(grid[0]):
+    for c in range(grid[1]):
+      np.testing.assert_array_equal(amap[:, r * p:(r + 1) * p, c * p:(c + 1) * p],
+                                    t[:, r * grid[1] + c])
+
+
+def test_channel0_is_the_anomaly_channel_in_the_loss():
+  rng = np.random.default_rng(0)
+  target = (rng.random((2, 8, 8)) > 0.7).astype(np.float32)
+  good = np.stack([4.0 * (2 * target - 1), np.zeros_like(target)], -1)   # ch0 high on defects
+  bad = good[..., ::-1].copy()
+  l_good, aux = mala.stage2_loss(jnp.asarray(good), jnp.asarray(target), 1.0, 1.0)
+  l_bad, _ = mala.stage2_loss(jnp.asarray(bad), jnp.asarray(target), 1.0, 1.0)
+  assert float(l_good) < 0.05 < float(l_bad)
+  # independent DRAEM focal + L1 in NumPy
+  x = good.astype(np.float64)
+  pr = np.exp(x - x.max(-1, keepdims=True)); pr /= pr.sum(-1, keepdims=True)
+  onehot = np.stack([target, 1 - target], -1).clip(1e-5, 1 - 1e-5)   # anomaly = channel 0
+  pt = (onehot * pr).sum(-1) + 1e-5
+  focal = np.mean(-(1 - pt) ** 2 * np.log(pt))
+  l1 = np.mean(np.abs(target - pr[..., 0]))
+  np.testing.assert_allclose(float(aux["loss/focal"]), focal, rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(float(aux["loss/l1"]), l1, rtol=1e-5)
+
+
+def test_stage2_encoder_frozen_without_optimizer_state(trained):
+  method, st1, st2_0, st2 = trained["method"], trained["st1"], trained["st2_0"], trained["st2"]
+  enc1, dec1 = method.split_mae(st1["params"])
+  # stage 2 starts from stage 1's encoder and decoder
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               enc1, st2_0["encoder"])
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               dec1, st2_0["trainable"]["decoder"])
+  # encoder unchanged after the steps, decoder and TBM trained
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               st2_0["encoder"], st2["encoder"])
+  changed = jax.tree.leaves(jax.tree.map(
+      lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), st2_0["trainable"],
+      st2["trainable"]))
+  assert sum(changed) > 0.9 * len(changed)
+  # the optimizer state holds exactly two moments per trainable value, nothing for the encoder
+  opt_sizes = sum(np.size(x) for x in jax.tree.leaves(st2["opt"]) if np.ndim(x) > 0)
+  train_size = sum(np.size(x) for x in jax.tree.leaves(st2["trainable"]))
+  enc_size = sum(np.size(x) for x in jax.tree.leaves(st2["encoder"]))
+  assert enc_size > 0 and opt_sizes == 2 * train_size
+  assert "encoder" not in jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(
+      st2["opt"])[0])
+  assert np.isfinite(float(trained["m2"]["loss"]))
+
+
+def test_plpm_discriminator_step_lowers_bce(trained):
+  """MAE lr 0 (reconstructions fixed) so only the discriminator learns."""
+  method, batch, key = trained["method"], trained["batch"], trained["key"]
+  losses = trained["disc_losses"]
+  assert losses[-1] < losses[0] - 0.05, losses
+  # the reported value is the BCE of the discriminator before its update, in NumPy
+  from maskjax.ops import masks
+  st = trained["st1_before_last"]
+  keep, _, restore = masks.mae_random_masking(key, 4, method.num_tokens, 0.75)
+  recon = jax.jit(method._reconstruct)(st["params"], st["rest"], batch["image"], keep, restore)
+  disc = jax.jit(method._disc)
+  lo = np.asarray(disc(st["disc"], batch["image"]), np.float64)
+  lp = np.asarray(disc(st["disc"], recon), np.float64)
+  sig = lambda z: 1 / (1 + np.exp(-z))
+  bce = 0.5 * (np.mean(-np.log(1 - sig(lo))) + np.mean(-np.log(sig(lp))))
+  np.testing.assert_allclose(losses[-1], bce, rtol=1e-4)
+  # the reconstruction side's pseudo-label term: 0.5 * mean(-log(1 - sigmoid(D(recon))))
+  np.testing.assert_allclose(float(trained["m1"]["loss/pseudo_label"]),
+                             0.5 * np.mean(-np.log(1 - sig(lp))), rtol=1e-4)
+  # MAE lr 0: parameters untouched
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               trained["st1_0"]["params"], trained["st1"]["params"])
+
+
+def test_foreground_mask_and_perlin_transform():
+  yy, xx = np.mgrid[0:48, 0:48]
+  disk = ((yy - 24) ** 2 + (xx - 20) ** 2 <= 12 ** 2)
+  img = np.full((48, 48, 3), 0.15, np.float32)
+  img[disk] = (0.9, 0.8, 0.7)
+  img += np.random.default_rng(0).normal(0, 0.02, img.shape).astype(np.float32)
+  fg = mala.foreground_mask(img)
+  assert fg is not None
+  iou = np.logical_and(fg > 0.5, disk).sum() / np.logical_or(fg > 0.5, disk).sum()
+  assert iou > 0.9
+  flat = np.full((48, 48, 3), 0.5, np.float32)
+  assert mala.foreground_mask(flat) is None
+  tr = mala.PerlinTransform(anomaly_prob=0.8, local_prob=1.0)
+  labels = []
+  for i in range(40):
+    ex = tr({"image": img, "mask": np.zeros((48, 48), np.float32), "label": np.int32(0),
+             "category_id": np.int32(0)}, np.random.default_rng(i))
+    assert ex["image"].shape == (48, 48, 3) and ex["mask"].dtype == np.float32
+    assert int(ex["label"]) == int(ex["mask"].sum() > 0)
+    assert not np.any(ex["mask"][~disk & (fg < 0.5)])       # local: inside the foreground
+    labels.append(int(ex["label"]))
+  assert 0.5 <= np.mean(labels) <= 0.95
+
+
+def test_init_from_converted_mae(tmp_path):
+  from maskjax import weights
+  c = _tiny_config()
+  method = methods.build_method(c)
+  rng = np.random.default_rng(0)
+  shapes = method.f_mae.params          # the MAE's parameter shapes (abstract)
+  src = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  template = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
+  flat = weights.flatten(src)
+  weights.save(str(tmp_path / "mae"), flat, {"kind": "mae", "arch": "test", "config": {}})
+  enc_only = {k[len("encoder."):]: v for k, v in flat.items() if k.startswith("encoder.")}
+  weights.save(str(tmp_path / "enc"), enc_only, {"kind": "vit", "arch": "test", "config": {}})
+  tflat = weights.flatten(template)
+  for name, expect_all in (("mae", True), ("enc", False)):
+    c.model.init_from = str(tmp_path / name)
+    m = methods.build_method(c)
+    got = weights.flatten(jax.device_get(jax.jit(m._pretrained_mae)(template)))
+    assert set(got) == set(flat)
+    for k, v in flat.items():
+      want = v if (expect_all or k.startswith("encoder.")) else tflat[k]
+      np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want), err_msg=k)
+  c.model.decoder_dim = 24
+  c.model.init_from = str(tmp_path / "mae")
+  m = methods.build_method(c)
+  with pytest.raises(Exception, match="does not fit"):
+    jax.eval_shape(m.stages()[0].init, jax.random.key(0), None)
+
+
+def test_config_variants_and_errors():
+  for v in ("", "mvtec", "visa", "per_category", "demo", "demo_multi", "reduced",
+            "no_stage1,no_plpm,no_tbm", "recon_score", "bf16", "mvtec,per_category"):
+    c = mala_config.get_config(v)
+    assert c.method.name == "mala"
+  full = mala_config.get_config()
+  assert full.input.categories == ("mvtec/*", "visa/*") and full.input.format == "multi"
+  assert full.model.encoder == "vit_large_patch16" and full.input.image_size == 224
+  assert full.method.stage1.batch_size == 128 and full.method.stage2.batch_size == 32
+  with pytest.raises(ConfigError, match="'nope'.*known: mvtec"):
+    mala_config.get_config("demo,nope")
+  c = _tiny_config()
+  c.method.score_kernel = 4
+  with pytest.raises(ConfigError, match="score_kernel"):
+    methods.build_method(c)
+  # stage lengths: epochs * samples_per_category * categories / batch
+  c = _tiny_config()
+  c.train.steps = 0
+  m = methods.build_method(c)
+  m._ncat = 27
+  assert m.stage_steps(mala_config.get_config().method.stage1) == 2000 * 200 * 27 // 128
+  assert m.stage_steps(mala_config.get_config().method.stage2) == 700 * 80 * 27 // 32
+  # ablations: stage lists
+  names = lambda *v: [s.name for s in methods.build_method(_tiny_config(*v)).stages()]
+  assert names() == ["stage1", "stage2"]
+  assert names("no_stage1") == ["stage2"]
+  assert names("recon_score") == ["stage1"]
+
+
+def test_ablations_run(trained):
+  batch = trained["batch"]
+  # no stage 1 + no TBM: stage 2 from scratch, decoder-only head
+  method = methods.build_method(_tiny_config("no_stage1", "no_tbm"))
+  (s2,) = method.stages()
+  st = jax.jit(s2.init)(jax.random.key(0), None)
+  assert "proj_in" not in st["trainable"]["tbm"]
+  st, m = jax.jit(s2.train_step)(st, batch, jax.random.key(1))
+  assert np.isfinite(float(m["loss"]))
+  # reconstruction-based scoring with the stage-1 model
+  method = methods.build_method(_tiny_config("recon_score"))
+  out = jax.jit(method.score)(trained["st1"], batch, {})
+  amap = np.asarray(out["anomaly_map"])
+  assert amap.shape == (4, 32, 32) and np.all(np.isfinite(amap)) and amap.max() > 0
+  np.testing.assert_allclose(np.asarray(out["image_score"]), _np_avgpool_max(amap, 3),
+                             rtol=1e-5, atol=1e-6)
