@@ -47,10 +47,11 @@ Scoring
   fixed seed); the map is the channel-mean |x - recon| averaged over the
   passes in which the pixel's patch was masked; then the same pooled max.
 
-Multi-class: one model for all configured categories; the data pipeline
-samples uniformly over the training images of all categories (balanced when
-the categories have equal counts, like the demo data); stage lengths follow
-the paper's per-category quotas: steps = epochs * samples_per_category *
+Multi-class: one model for all configured categories; sampling is balanced
+per category: every epoch draws `samples_per_category` training images from
+each category (stage 1: 200 normals, stage 2: 80 of which anomaly_prob are
+made anomalous), so a small category weighs as much as a large one; stage
+lengths follow these quotas: steps = epochs * samples_per_category *
 num_categories / batch (unless `config.train.steps` > 0).
 
 Pretrained weights: `config.model.init_from` (an Orbax checkpoint written by
@@ -303,6 +304,12 @@ class Mala(Method):
 
   def stages(self) -> list[Stage]:
     m = self.config.method
+    if m.get("per_category", False) and self._num_categories() != 1:
+      raise ConfigError(
+          f"configs/mala.py:per_category trains one model per category, but "
+          f"config.input.categories={tuple(self.config.input.categories)} selects "
+          f"{self._num_categories()}; pick one category per run, or run them all with "
+          "python -m maskjax.sweep --sweep=configs/sweeps/mala_single_class.py")
     out = []
     if m.use_stage1:
       s1 = m.stage1
@@ -310,13 +317,15 @@ class Mala(Method):
       self._tx1 = self._tx(s1, steps1)
       self._txd = self._disc_tx(steps1)
       out.append(Stage("stage1", steps1, int(s1.batch_size), self.init_stage1,
-                       self.train_step_stage1))
+                       self.train_step_stage1,
+                       samples_per_epoch=int(s1.samples_per_category)))
     if m.scoring == "end_to_end":
       s2 = m.stage2
       steps2 = self.stage_steps(s2)
       self._tx2 = self._tx(s2, steps2)
       out.append(Stage("stage2", steps2, int(s2.batch_size), self.init_stage2,
-                       self.train_step_stage2, host_transform=self.host_transform()))
+                       self.train_step_stage2, host_transform=self.host_transform(),
+                       samples_per_epoch=int(s2.samples_per_category)))
     return out
 
   def host_transform(self) -> PerlinTransform:
@@ -554,7 +563,9 @@ class Mala(Method):
                    ("stage2" if m.scoring == "end_to_end" else "(reconstruction scoring)"),
          "plpm": bool(m.use_plpm), "tbm": bool(m.use_tbm),
          "compute_dtype": str(self.config.train.get("compute_dtype", "float32")),
-         "sampling": "uniform over the training images of all categories"}
+         "sampling": (f"balanced: {int(m.stage1.samples_per_category)} (stage 1) / "
+                      f"{int(m.stage2.samples_per_category)} (stage 2) images per category "
+                      "per epoch")}
     if m.scoring == "end_to_end":
       d["anomaly_source"] = self.host_transform().source_description
     return d

@@ -299,3 +299,15 @@ def test_ablations_run(trained):
   assert amap.shape == (4, 32, 32) and np.all(np.isfinite(amap)) and amap.max() > 0
   np.testing.assert_allclose(np.asarray(out["image_score"]), _np_avgpool_max(amap, 3),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_balanced_sampling_quotas_and_per_category_runs():
+  c = mala_config.get_config("demo")
+  stages = methods.build_method(c).stages()
+  assert [s.samples_per_epoch for s in stages] == [
+      c.method.stage1.samples_per_category, c.method.stage2.samples_per_category]
+  with pytest.raises(ConfigError, match="one model per category"):
+    methods.build_method(mala_config.get_config("demo,per_category")).stages()
+  one = mala_config.get_config("demo,per_category")
+  one.input.categories = ("pill",)
+  assert len(methods.build_method(one).stages()) == 2
