@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from maskjax.errors import ConfigError
+
 PyTree = Any
 
 
@@ -24,6 +26,9 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
 
   constant: lr. step: lr * decay_factor ** (step // decay_every) (PyTorch StepLR).
   warmup_cosine: linear warmup_init_lr -> lr over warmup_steps, then cosine to end_lr.
+  warmup: linear warmup_init_lr -> lr over warmup_steps, then constant (Goyal et al.).
+  sgdr: cosine annealing with warm restarts (Loshchilov & Hutter, T_mult 1):
+    lr_t = end_lr + (lr - end_lr) (1 + cos(pi (t mod P) / P)) / 2, P = sgdr_period.
   """
   lr = float(optim_cfg.lr)
   name = optim_cfg.get("schedule", "constant")
@@ -32,7 +37,7 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
   if name == "step":
     every = int(optim_cfg.get("decay_every", 0))
     if every <= 0:
-      raise ValueError(f"config.optim.decay_every must be > 0 for schedule 'step' (got {every})")
+      raise ConfigError(f"config.optim.decay_every must be > 0 for schedule 'step' (got {every})")
     return optax.exponential_decay(lr, transition_steps=every,
                                    decay_rate=float(optim_cfg.get("decay_factor", 0.5)),
                                    staircase=True)
@@ -42,7 +47,35 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
         init_value=float(optim_cfg.get("warmup_init_lr", 0.0)), peak_value=lr,
         warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
         end_value=float(optim_cfg.get("end_lr", 0.0)))
-  raise ValueError(f"unknown config.optim.schedule {name!r}; known: constant, step, warmup_cosine")
+  if name == "warmup":
+    warm = int(optim_cfg.get("warmup_steps", 0))
+    init = float(optim_cfg.get("warmup_init_lr", 0.0))
+    return optax.join_schedules(
+        [optax.linear_schedule(init, lr, max(warm, 1)), optax.constant_schedule(lr)], [warm])
+  if name == "sgdr":
+    period = int(optim_cfg.get("sgdr_period", 0))
+    if period <= 0:
+      raise ConfigError(f"config.optim.sgdr_period must be > 0 for schedule 'sgdr' (got {period})")
+    end = float(optim_cfg.get("end_lr", 0.0))
+    return lambda t: end + (lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.mod(t, period) / period))
+  raise ConfigError(f"unknown config.optim.schedule {name!r}; known: constant, step, "
+                    "warmup_cosine, warmup, sgdr")
+
+
+def steps_from_config(config) -> int:
+  """Steps of a single-stage method: `train.steps` if > 0, else
+  `train.epochs * method.steps_per_epoch`."""
+  steps = int(config.train.get("steps", 0))
+  if steps > 0:
+    return steps
+  epochs = int(config.train.get("epochs", 0))
+  per_epoch = int(config.method.get("steps_per_epoch", 0))
+  if epochs > 0 and per_epoch > 0:
+    return epochs * per_epoch
+  raise ConfigError(
+      f"config.train.steps is {steps} and config.train.epochs ({epochs}) x "
+      f"config.method.steps_per_epoch ({per_epoch}) is not positive: set "
+      "--config.train.steps=N or both epochs and steps_per_epoch")
 
 
 def make_optimizer(optim_cfg, total_steps: int,
@@ -74,7 +107,7 @@ def make_optimizer(optim_cfg, total_steps: int,
   elif name == "sgd":
     parts.append(optax.sgd(sched, momentum=float(optim_cfg.get("momentum", 0.9))))
   else:
-    raise ValueError(f"unknown config.optim.name {name!r}; known: adam, adamw, sgd")
+    raise ConfigError(f"unknown config.optim.name {name!r}; known: adam, adamw, sgd")
   tx = optax.chain(*parts)
   if trainable_mask is not None:
     labels = jax.tree.map(lambda t: "train" if t else "frozen", trainable_mask)
@@ -179,7 +212,7 @@ def apply_updates(tx: optax.GradientTransformation, params: PyTree, opt_state: P
 def compute_dtype(train_cfg) -> jnp.dtype:
   name = train_cfg.get("compute_dtype", "float32")
   if name not in ("float32", "bfloat16"):
-    raise ValueError(f"config.train.compute_dtype must be 'float32' or 'bfloat16' (got {name!r})")
+    raise ConfigError(f"config.train.compute_dtype must be 'float32' or 'bfloat16' (got {name!r})")
   return jnp.bfloat16 if name == "bfloat16" else jnp.float32
 
 

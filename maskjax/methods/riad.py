@@ -48,19 +48,7 @@ from maskjax.ops import gms, masks as masks_lib, normalize, ssim
 # ----------------------------------------------------------------------------
 # helpers shared with SSM
 # ----------------------------------------------------------------------------
-def stage_steps(config) -> int:
-  """`train.steps` if > 0, else `train.epochs * method.steps_per_epoch`."""
-  steps = int(config.train.get("steps", 0))
-  if steps > 0:
-    return steps
-  epochs = int(config.train.get("epochs", 0))
-  per_epoch = int(config.method.get("steps_per_epoch", 0))
-  if epochs > 0 and per_epoch > 0:
-    return epochs * per_epoch
-  raise ConfigError(
-      f"config.train.steps is {steps} and config.train.epochs ({epochs}) x "
-      f"config.method.steps_per_epoch ({per_epoch}) is not positive: set "
-      "--config.train.steps=N or both epochs and steps_per_epoch")
+stage_steps = train_utils.steps_from_config
 
 
 def check_geometry(config, ks: Sequence[int], widths: Sequence[int], where: str) -> int:

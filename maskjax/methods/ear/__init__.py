@@ -64,54 +64,11 @@ from maskjax.models.ear_unet import EarUNet
 from maskjax.ops import gms, losses, normalize, ssim
 
 
-def stage_steps(config) -> int:
-  """`train.steps` if > 0, else `train.epochs * method.steps_per_epoch`."""
-  steps = int(config.train.get("steps", 0))
-  if steps > 0:
-    return steps
-  epochs = int(config.train.get("epochs", 0))
-  per_epoch = int(config.method.get("steps_per_epoch", 0))
-  if epochs > 0 and per_epoch > 0:
-    return epochs * per_epoch
-  raise ConfigError(
-      f"config.train.steps is {steps} and config.train.epochs ({epochs}) x "
-      f"config.method.steps_per_epoch ({per_epoch}) is not positive: set "
-      "--config.train.steps=N or both epochs and steps_per_epoch")
+stage_steps = train_utils.steps_from_config
 
 
-def make_tx(optim_cfg, steps: int):
-  """`train_utils.make_optimizer`, plus two schedules of the paper's Table 2
-  grid that the shared helper lacks:
-    "warmup": linear warmup_init_lr -> lr over warmup_steps, then constant
-      (Goyal et al.);
-    "sgdr": cosine annealing with warm restarts (Loshchilov & Hutter, T_mult 1):
-      lr_t = end_lr + (lr - end_lr) (1 + cos(pi (t mod P) / P)) / 2, P =
-      optim.sgdr_period steps.
-  Both are applied as the base optimiser at lr 1 followed by a scale by the
-  schedule, which is exact for adam/adamw/sgd (updates are linear in lr)."""
-  name = optim_cfg.get("schedule", "constant")
-  if name not in ("warmup", "sgdr"):
-    return train_utils.make_optimizer(optim_cfg, steps)
-  import optax
-  lr = float(optim_cfg.lr)
-  if name == "warmup":
-    warm = int(optim_cfg.get("warmup_steps", 0))
-    init = float(optim_cfg.get("warmup_init_lr", 0.0))
-    def sched(t):
-      frac = jnp.clip(t / max(warm, 1), 0.0, 1.0)
-      return jnp.where(t < warm, init + (lr - init) * frac, lr)
-  else:
-    period = int(optim_cfg.get("sgdr_period", 0))
-    if period <= 0:
-      raise ConfigError(f"config.optim.sgdr_period must be > 0 for schedule 'sgdr' (got {period})")
-    end = float(optim_cfg.get("end_lr", 0.0))
-    def sched(t):
-      ph = jnp.mod(t, period) / period
-      return end + (lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * ph))
-  base = ml_collections.ConfigDict(optim_cfg.to_dict())
-  base.schedule = "constant"
-  base.lr = 1.0
-  return optax.chain(train_utils.make_optimizer(base, steps), optax.scale_by_schedule(sched))
+#: the optimiser (the paper's Table 2 grid uses the "warmup" and "sgdr" schedules)
+make_tx = train_utils.make_optimizer
 
 
 @methods.register
