@@ -45,7 +45,12 @@ Decisions where the paper is silent (see maskjax/methods/aca.py):
   = one extra global crop; AdamW weight decay 0.04; EMA momentum 0.996 with
   DINO's cosine schedule to 1; projection MLP 384-2048-2048-256; Sinkhorn eps
   0.05, 3 iterations; fine-tuning with the same lr schedule shape (5e-4 peak,
-  warmup 10 epochs); classifier = Linear(CLS) -> 2 logits.
+  warmup 10 epochs); classifier g_s = the projection's MLP shape (head_hidden x
+  head_layers) with a 2-way last layer (paper: g and g_s share the architecture
+  except the last layer); the attention that places the synthetic anomalies is
+  the frozen pre-trained backbone's (`finetune.guide`, paper: "self-attention
+  maps of a pre-trained ViT"), not the network being fine-tuned; paste colour
+  jitter +-0.1 (`finetune.jitter`; the demo uses +-0.3, see below).
 """
 from __future__ import annotations
 
@@ -110,6 +115,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   f.poisson = False                          # host synthesis only
   f.anomaly_prob = 0.5
   f.temperature = 0.1                        # paste-location softmax temperature
+  f.jitter = 0.1                             # colour jitter of the pasted patch, factors U(1 -+ j)
+  f.guide = "pretrained"                     # pretrained (frozen) | current: whose attention places pastes
   f.lambda_det = 0.95
   f.lambda_seg = 0.05
   f.epochs = 100
@@ -147,10 +154,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     p.batch_size = 32
     p.lr = 1e-3
     p.momentum = 0.99
-    f.steps = 250
+    f.steps = 2000
     f.warmup_fraction = 0.05
     f.batch_size = 32
-    f.lr = 1e-3
+    f.lr = 3e-4
+    f.jitter = 0.3
     c.train.log_every = 25
     c.train.checkpoint_every = 100
     c.eval.num_heatmaps = 2

@@ -77,6 +77,7 @@ def main(argv) -> None:
 
 def _parse_flags(argv):
   """absl parsing, but bad flags / config keys end as one line with exit 2."""
+  from maskjax.errors import UserError
   try:
     return FLAGS(argv)
   except flags.UnrecognizedFlagError as e:
@@ -85,6 +86,8 @@ def _parse_flags(argv):
       _fail(f"unknown config key {name[len('config.'):]!r} (--{name}); "
             "see the config file for the keys it defines")
     _fail(f"unknown flag --{name}; see --help")
+  except UserError as e:  # raised by a config file's get_config (e.g. unknown variant)
+    _fail(str(e))
   except flags.Error as e:
     msg = str(e).strip().splitlines()
     _fail(msg[-1] if msg else "bad flags")
@@ -104,6 +107,8 @@ def _quiet_libraries(record) -> bool:
 def run() -> None:
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_quiet_libraries)
+  from maskjax.cli_utils import maybe_print_help
+  maybe_print_help(__doc__)
   app.run(main, flags_parser=_parse_flags)
 
 

@@ -315,4 +315,6 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   define_flags()
+  from maskjax.cli_utils import maybe_print_help
+  maybe_print_help(__doc__)
   app.run(main)

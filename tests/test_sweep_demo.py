@@ -19,7 +19,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_demo_sweep_interrupt_resume_and_report(tmp_path):
   root = str(tmp_path / "sweep")
   env = dict(os.environ, JAX_PLATFORMS="cpu", HOME=str(tmp_path))  # demo data cached under HOME
-  cmd = [sys.executable, "-m", "maskjax.sweep", "--sweep=configs/sweeps/demo.py:quick",
+  cmd = [sys.executable, "-m", "maskjax.sweep", "--sweep=configs/sweeps/demo.py:quick", "--parallel=2",
          f"--root={root}"]
   results = lambda: sorted(glob.glob(os.path.join(root, "**", "eval", "results.json"),
                                      recursive=True))
@@ -29,10 +29,11 @@ def test_demo_sweep_interrupt_resume_and_report(tmp_path):
   deadline = time.time() + 600
   while not results() and p.poll() is None and time.time() < deadline:
     time.sleep(1)
-  first = results()
-  assert first, "no run finished: " + (p.stdout.read() if p.poll() is not None else "timeout")
+  assert results(), "no run finished: " + (p.stdout.read() if p.poll() is not None else "timeout")
   os.killpg(p.pid, signal.SIGKILL)
   p.wait()
+  first = results()
+  assert len(first) < 4, "the sweep finished before it could be interrupted"
   mtimes = {f: os.path.getmtime(f) for f in first}
   # 2) rerun: finished runs are skipped, the rest run (interrupted ones resume)
   res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

@@ -105,7 +105,7 @@ def train_dataset(input_cfg, records: Sequence[Record], *, global_batch_size: in
     raise ConfigError("train_dataset got no records; the training split is empty")
   local = _local_batch(global_batch_size, process_count)
   if samples_per_epoch:
-    ds = grain.MapDataset.range(0, 2 ** 40).map(
+    ds = grain.MapDataset.range(0, 2 ** 40).seed(int(seed)).map(
         _BalancedSampler(tuple(records), int(samples_per_epoch), int(seed)))
   else:
     ds = grain.MapDataset.source(list(records)).seed(int(seed))

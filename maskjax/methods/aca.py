@@ -43,7 +43,8 @@ Stage 1 ("pretrain")
 
 Stage 2 ("finetune")
   Classifier ViT initialised from stage 1's student backbone (or from
-  `init_from` / random when stage 1 is switched off), `ClassHead` (CLS -> 2
+  `init_from` / random when stage 1 is switched off), `ClassHead` (CLS -> MLP
+  of the projection's shape, `head_hidden` x `head_layers`, last layer -> 2
   logits) and `AttentionSegHead` (learned weighting of the last block's CLS
   attention per head -> patch logits -> bilinear upsampling -> sigmoid).
   Loss = lambda_det * CE(logits, label) + lambda_seg * Dice(map, paste mask).
@@ -52,10 +53,15 @@ Stage 2 ("finetune")
     device (default) attention-guided cut-paste in jnp inside the jitted step,
             the same geometry as `maskjax.ops.cutpaste.attention_cutpaste`: patch
             w, h ~ U(0.1 W, 0.4 W) / U(0.1 H, 0.4 H), cut at a uniform location,
-            rotated U(-45, 45) deg, resized U(0.8, 1.2), colour-jittered (+-0.1),
+            rotated U(-45, 45) deg, resized U(0.8, 1.2), colour-jittered (+-`jitter`),
             pasted (copy) centred at a pixel drawn from softmax((a - 1) / T) with a
-            the min-max normalised, bilinearly upsampled CLS attention of the
-            *current* model on the clean image (stop_gradient), T = `temperature`.
+            the min-max normalised, bilinearly upsampled head-mean CLS attention
+            on the clean image of the *pre-trained* ViT the stage starts from, a
+            frozen copy kept in the state (`state["guide"]`, `finetune.guide =
+            "pretrained"`; "current" = the network being fine-tuned, which lets
+            the segmentation head (itself a weighting of that attention) fit the
+            paste locations by following its own attention instead of the
+            pasted content), T = `temperature`.
             Each example is pasted with probability `anomaly_prob` (0.5: half the
             batch normal); label 1 iff the pasted mask is non-empty. The host
             pipeline cannot run the ViT and training examples carry no record
@@ -97,6 +103,7 @@ PyTree = Any
 MASKINGS = ("apmask", "random", "none")
 ATTENTION_SOURCES = ("teacher", "student")
 SYNTHESES = ("device", "host")
+GUIDES = ("pretrained", "current")
 
 
 # ----------------------------------------------------------------------------
@@ -318,6 +325,9 @@ class Aca(Method):
     if self.fine.synthesis not in SYNTHESES:
       raise ConfigError(f"config.method.finetune.synthesis={self.fine.synthesis!r}; known: "
                         f"{', '.join(SYNTHESES)}")
+    if self.fine.get("guide", "pretrained") not in GUIDES:
+      raise ConfigError(f"config.method.finetune.guide={self.fine.guide!r}; known: "
+                        f"{', '.join(GUIDES)}")
     if not 0.0 <= float(self.pre.mask_ratio) < 1.0:
       raise ConfigError(f"config.method.pretrain.mask_ratio={self.pre.mask_ratio} must be in [0, 1)")
     name = str(config.model.backbone)
@@ -356,7 +366,8 @@ class Aca(Method):
     head = aca_heads.ProjectionHead(dim, int(p.bottleneck), int(p.head_hidden),
                                     int(p.head_layers), dtype=self.dtype, rngs=rngs)
     return {"vit": vit, "head": head,
-            "cls": aca_heads.ClassHead(dim, dtype=self.dtype, rngs=rngs),
+            "cls": aca_heads.ClassHead(dim, int(p.head_hidden), int(p.head_layers),
+                                       dtype=self.dtype, rngs=rngs),
             "seg": aca_heads.AttentionSegHead(heads, rngs=rngs)}
 
   def _fresh(self, rng: jax.Array) -> dict:
@@ -531,13 +542,17 @@ class Aca(Method):
 
   # -- stage 2 -----------------------------------------------------------------------
   def init_finetune(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
+    """{"params": trained ViT + heads, "guide": frozen copy of the starting ViT
+    (the attention that places the synthetic anomalies; `finetune.guide`), "opt",
+    "step"}."""
     fresh = self._fresh(rng)
     if previous_state is not None:
       vit = previous_state["student"]["vit"]
     else:
       vit = self._pretrained_vit(fresh["vit"])
     params = {"vit": vit, "cls": fresh["cls"], "seg": fresh["seg"]}
-    return {"params": params, "opt": self.tx2.init(params), "step": jnp.zeros((), jnp.int32)}
+    return {"params": params, "guide": jax.tree.map(jnp.copy, vit),
+            "opt": self.tx2.init(params), "step": jnp.zeros((), jnp.int32)}
 
   def forward(self, params, x01: jax.Array, out_hw: tuple[int, int]):
     """[B,S,S,3] in [0,1] -> (class logits [B,2], seg logits [B,H',W'] at out_hw)."""
@@ -549,16 +564,20 @@ class Aca(Method):
     seg = jax.image.resize(seg, (seg.shape[0], int(out_hw[0]), int(out_hw[1])), "linear")
     return logits.astype(jnp.float32), seg.astype(jnp.float32)
 
-  def synthesize(self, key, params, x01):
-    """Device attention-guided cut-paste: -> (images, masks, labels)."""
+  def synthesize(self, key, guide_vit, x01):
+    """Device attention-guided cut-paste: -> (images, masks, labels).
+
+    `guide_vit`: the ViT parameters whose CLS attention places the pastes (the
+    frozen pre-trained backbone, `state["guide"]`, by default)."""
     b, h, w = x01.shape[:3]
     xn = normalize.imagenet(x01).astype(self.dtype)
-    att = self.cls_attention(jax.lax.stop_gradient(params["vit"]), xn)
+    att = self.cls_attention(jax.lax.stop_gradient(guide_vit), xn)
     grid = (h // self.patch, w // self.patch)
     att = jax.image.resize(att.reshape(b, *grid).astype(jnp.float32), (b, h, w), "linear")
     kp, kc = jax.random.split(key)
     keys = jax.random.split(kc, b)
-    fn = lambda k, im, a: cutpaste_one(k, im, a, temperature=float(self.fine.temperature))
+    fn = lambda k, im, a: cutpaste_one(k, im, a, temperature=float(self.fine.temperature),
+                                       jitter=float(self.fine.get("jitter", 0.1)))
     pasted, mask = jax.vmap(fn)(keys, x01, att)
     do = jax.random.uniform(kp, (b,)) < float(self.fine.anomaly_prob)
     mask = mask * do[:, None, None]
@@ -570,7 +589,8 @@ class Aca(Method):
     f = self.fine
     x = batch["image"].astype(jnp.float32)
     if f.synthesis == "device":
-      x, target, label = self.synthesize(rng, state["params"], x)
+      guide = state["guide"] if f.get("guide", "pretrained") == "pretrained" else state["params"]["vit"]
+      x, target, label = self.synthesize(rng, guide, x)
     else:
       target, label = batch["mask"].astype(jnp.float32), batch["label"].astype(jnp.int32)
     hw = x.shape[1:3]
@@ -585,7 +605,7 @@ class Aca(Method):
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     params, opt = train_utils.apply_updates(self.tx2, state["params"], state["opt"], grads)
-    new = {"params": params, "opt": opt, "step": state["step"] + 1}
+    new = {"params": params, "guide": state["guide"], "opt": opt, "step": state["step"] + 1}
     return new, {"loss": loss, **aux, "anomalous_fraction": jnp.mean(label.astype(jnp.float32)),
                  "grad_norm": train_utils.global_norm(grads)}
 

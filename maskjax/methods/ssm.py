@@ -43,11 +43,20 @@ the scales.
 
 eta (`calibrate`): the maximum, over the validation split of training
 normals, of the statistic the threshold is compared with: the k x k patch means
-of S^0 over every k ("patch", default) or the pixels of S^0 ("pixel"),
-`config.method.eta_statistic`. Computed per category (the paper trains and
+of S^0 ("patch", default) or the pixels of S^0 ("pixel"),
+`config.method.eta_statistic`. With `config.method.eta_per_scale = True`
+(default) there is one eta per k: the run of Algorithm 1 at scale k compares
+k x k patch means of its own S^k with eta, so eta_k is the maximum of that same
+statistic on the validation normals ("the maximum error in the validation
+set", measured in the unit it is compared in) [decision]. With False one eta
+(the maximum over every k) serves all scales; small patches are the noisiest,
+so the k = 4 maximum then sets the threshold for the larger cells too and
+their refinement rarely fires. Computed per category (the paper trains and
 thresholds one category at a time) and overall; `config.method.eta_mode`
 "per_category" (default) or "global" picks which one score uses, multiplied by
-`config.method.eta_scale` (1 = the paper).
+`config.method.eta_scale` (1 = the paper). Calibration dict: "eta" (float,
+max over categories and k), "eta_per_category" [C] (max over k),
+"eta_per_scale" [len(ks)] and "eta_per_category_scale" [C, len(ks)].
 
 `config.method.refine = False` is the paper's "no refinement" baseline: per k,
 the mean of f over `config.method.num_random_masks` (16) fixed random grid masks;
@@ -180,6 +189,7 @@ class Ssm(Method):
       raise ConfigError(f"config.method.eta_mode must be 'per_category' or 'global', "
                         f"got {self.eta_mode!r}")
     self.eta_scale = float(m.get("eta_scale", 1.0))
+    self.eta_per_scale = bool(m.get("eta_per_scale", True))
     self.score_seed = int(m.get("score_seed", 0))
     self.dtype = train_utils.compute_dtype(config.train)
     self.steps = stage_steps(config)
@@ -288,17 +298,39 @@ class Ssm(Method):
     acc, _ = jax.lax.scan(body, jnp.zeros((b, self.size, self.size), jnp.float32), ms)
     return acc / self.num_random_masks
 
-  def eta_for_batch(self, batch, calibration: dict) -> jax.Array:
-    """Per-image threshold [B] from the calibration dict."""
+  def eta_for_batch(self, batch, calibration: dict, scale: int | None = None) -> jax.Array:
+    """Per-image threshold [B] from the calibration dict.
+
+    scale: index into `ks` of the cell size being refined; with
+    `eta_per_scale` the threshold of that scale is used (required then).
+    """
     b = batch["image"].shape[0]
     if not calibration or "eta" not in calibration:
       raise ConfigError("ssm: score needs calibration['eta'] (run calibrate on the validation "
                         "split; config.input.val_fraction must be > 0)")
-    eta_global = jnp.asarray(calibration["eta"], jnp.float32)
+    if self.eta_per_scale:
+      if scale is None:
+        raise ConfigError("ssm: eta_for_batch needs the scale index when "
+                          "config.method.eta_per_scale is True")
+      if "eta_per_scale" not in calibration:
+        raise ConfigError("ssm: config.method.eta_per_scale=True but the calibration has no "
+                          "'eta_per_scale' (it comes from an older run): recalibrate "
+                          "(--mode=eval) or set --config.method.eta_per_scale=False")
+      eta_global = jnp.asarray(calibration["eta_per_scale"], jnp.float32)
+      if eta_global.shape != (len(self.ks),):
+        raise ConfigError(f"ssm: calibration['eta_per_scale'] has shape {eta_global.shape}, "
+                          f"expected ({len(self.ks)},) for config.method.ks={self.ks}")
+      eta_global = eta_global[scale]
+      table = calibration.get("eta_per_category_scale")
+      table = None if table is None else jnp.asarray(table, jnp.float32)
+      if table is not None and table.size:
+        table = table[:, scale]
+    else:
+      eta_global = jnp.asarray(calibration["eta"], jnp.float32)
+      table = calibration.get("eta_per_category")
+      table = None if table is None else jnp.asarray(table, jnp.float32)
     eta = jnp.broadcast_to(eta_global, (b,))
-    table = calibration.get("eta_per_category")
-    if self.eta_mode == "per_category" and table is not None and len(table) > 0:
-      table = jnp.asarray(table, jnp.float32)
+    if self.eta_mode == "per_category" and table is not None and table.size:
       cid = batch.get("category_id")
       cid = jnp.zeros((b,), jnp.int32) if cid is None else cid.astype(jnp.int32)
       n = table.shape[0]
@@ -318,10 +350,10 @@ class Ssm(Method):
   def score(self, state, batch, calibration) -> dict:
     x = batch["image"].astype(jnp.float32)
     b = x.shape[0]
-    eta = (self.eta_for_batch(batch, calibration) if self.refine_on
-           else jnp.zeros((b,), jnp.float32))
     maps, scores, iters = [], [], []
-    for k in self.ks:
+    for j, k in enumerate(self.ks):
+      eta = (self.eta_for_batch(batch, calibration, j) if self.refine_on
+             else jnp.zeros((b,), jnp.float32))
       s, e, it = self.score_scale(state["params"], state["rest"], x, eta, k)
       maps.append(s)
       scores.append(e)
@@ -343,11 +375,12 @@ class Ssm(Method):
 
   def calibrate(self, state, val_batches: Iterable) -> dict:
     fn = jax.jit(self.validation_stats)
-    per_cat: dict[int, float] = {}
-    overall = -np.inf
+    nk = len(self.ks)
+    per_cat: dict[int, np.ndarray] = {}
+    overall = np.full((nk,), -np.inf)
     seen = 0
     for batch in val_batches:
-      stats = _to_host(fn(state, {"image": batch["image"]})).max(axis=1)
+      stats = _to_host(fn(state, {"image": batch["image"]}))        # [B, len(ks)]
       b = stats.shape[0]
       valid = (_to_host(batch["valid"]).astype(bool) if "valid" in batch
                else np.ones((b,), bool))
@@ -356,19 +389,23 @@ class Ssm(Method):
       for v, ok, c in zip(stats, valid, cids):
         if ok:
           seen += 1
-          overall = max(overall, float(v))
-          per_cat[int(c)] = max(per_cat.get(int(c), -np.inf), float(v))
+          overall = np.maximum(overall, v)
+          per_cat[int(c)] = np.maximum(per_cat.get(int(c), np.full((nk,), -np.inf)), v)
     if not seen:
       raise DataError("ssm: the validation split of training normals is empty, so eta "
                       "cannot be computed; set config.input.val_fraction > 0")
-    table = [per_cat.get(i, overall) for i in range(max(per_cat) + 1)]
-    return {"eta": overall, "eta_per_category": table}
+    rows = [per_cat.get(i, overall) for i in range(max(per_cat) + 1)]
+    return {"eta": float(overall.max()),
+            "eta_per_category": [float(r.max()) for r in rows],
+            "eta_per_scale": [float(v) for v in overall],
+            "eta_per_category_scale": [[float(v) for v in r] for r in rows]}
 
   def describe(self) -> dict:
     return {"init": "random (no pretrained weights)",
             "model": f"SsmUNet widths={self.widths} mam={self.use_mam} upsample={self.upsample}",
             "inference": (f"progressive mask refinement (lax.while_loop, max_iters="
                           f"{self.max_iters}), k in {self.ks}, eta {self.eta_mode} "
+                          f"{'per k ' if self.eta_per_scale else 'max over k '}"
                           f"({self.eta_statistic} max) x {self.eta_scale}, image score "
                           f"{self.image_score_mode}") if self.refine_on else
                          f"no refinement: {self.num_random_masks} random masks per k in {self.ks}",

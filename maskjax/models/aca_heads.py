@@ -6,7 +6,9 @@
   kept outside the module (a plain array in the method's state) so that they
   can be re-normalised after every optimiser step.
 
-`ClassHead`: CLS token -> 2 logits (index 1 = anomalous).
+`ClassHead`: CLS token -> 2 logits (index 1 = anomalous): the projection's MLP
+  shape with a 2-way last layer (paper: g_s and g "share the same architectures
+  except for the last layer").
 
 `AttentionSegHead`: learned weighting of the last block's CLS attention maps.
   For attention A [B, heads, 1+N, 1+N] the per-head maps are the CLS rows over
@@ -47,15 +49,28 @@ class ProjectionHead(nnx.Module):
 
 
 class ClassHead(nnx.Module):
-  """Linear(dim, 2) on the CLS token; float32 logits, index 1 = anomalous."""
+  """CLS token -> 2 float32 logits (index 1 = anomalous).
 
-  def __init__(self, dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    self.fc = nnx.Linear(dim, 2, kernel_init=nnx.initializers.truncated_normal(0.02),
-                         bias_init=nnx.initializers.zeros, dtype=dtype,
-                         param_dtype=jnp.float32, rngs=rngs)
+  The paper's g_s: the pretraining projection's MLP (`nlayers` linears, hidden
+  width `hidden`, exact GELU between them) with the last layer replaced by a
+  2-way output (no L2 bottleneck); `nlayers=1` is a plain Linear(dim, 2)."""
+
+  def __init__(self, dim: int, hidden: int = 2048, nlayers: int = 3, *, dtype=jnp.float32,
+               rngs: nnx.Rngs):
+    nlayers = max(int(nlayers), 1)
+    dims = [dim] + [int(hidden)] * (nlayers - 1) + [2]
+    init = nnx.initializers.truncated_normal(0.02)
+    self.mlp = nnx.List([
+        nnx.Linear(a, b, kernel_init=init, bias_init=nnx.initializers.zeros, dtype=dtype,
+                   param_dtype=jnp.float32, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
 
   def __call__(self, cls_token: Array) -> Array:
-    return self.fc(cls_token).astype(jnp.float32)
+    x = cls_token
+    for i, layer in enumerate(self.mlp):
+      x = layer(x)
+      if i < len(self.mlp) - 1:
+        x = jax.nn.gelu(x, approximate=False)
+    return x.astype(jnp.float32)
 
 
 class AttentionSegHead(nnx.Module):

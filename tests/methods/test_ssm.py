@@ -228,20 +228,33 @@ def test_score_ensembles_scales_with_per_category_eta():
   m, state = _trained()
   x = _images(2, seed=3)
   net = _jitted_net(m, state)
-  eta_table = [float(_etas(m, state, x, 4, [0.6, 0.6])[0]), 0.3]
-  out = jax.jit(m.score)(state, {"image": x, "category_id": jnp.asarray([0, 1])},
-                         {"eta": 1.0, "eta_per_category": eta_table})
+  e4 = float(_etas(m, state, x, 4, [0.6, 0.6])[0])
+  e8 = float(_etas(m, state, x, 8, [0.4, 0.4])[0])
+  # per category and per scale: [category, k index]; category 1 never refines at k=8
+  table = [[e4, e8], [0.3, 100.0]]
+  cal = {"eta": 1.0, "eta_per_category": [9.0, 9.0], "eta_per_scale": [1.0, 1.0],
+         "eta_per_category_scale": table}
+  out = jax.jit(m.score)(state, {"image": x, "category_id": jnp.asarray([0, 1])}, cal)
   want_map, want_score, want_iters = [], [], []
   for i, cat in enumerate([0, 1]):
-    res = [_np_algorithm1(net, x[i], eta_table[cat], k, m.max_iters) for k in m.ks]
+    res = [_np_algorithm1(net, x[i], table[cat][j], k, m.max_iters) for j, k in enumerate(m.ks)]
     want_map.append(np.mean([r[1] for r in res], 0))
     want_score.append(np.mean([r[3] for r in res]))
     want_iters.append(sum(r[2] for r in res))
   np.testing.assert_allclose(out["anomaly_map"], np.stack(want_map), atol=2e-4)
   np.testing.assert_allclose(out["image_score"], want_score, rtol=1e-4, atol=1e-6)
   np.testing.assert_array_equal(out["iterations"], want_iters)
+  # one eta for every scale (the maximum over k): the per-category scalar is used
+  m1 = methods.build_method(_tiny_config(eta_per_scale=False))
+  cal1 = dict(cal, eta_per_category=[e4, 100.0])
+  out1 = jax.jit(m1.score)(state, {"image": x, "category_id": jnp.asarray([0, 1])}, cal1)
+  res = [_np_algorithm1(net, x[0], e4, k, m.max_iters) for k in m.ks]
+  np.testing.assert_allclose(out1["anomaly_map"][0], np.mean([r[1] for r in res], 0), atol=2e-4)
+  assert int(out1["iterations"][0]) == sum(r[2] for r in res)
   with pytest.raises(ConfigError, match="eta"):
     m.score(state, {"image": x}, {})
+  with pytest.raises(ConfigError, match="eta_per_scale"):
+    m.score(state, {"image": x}, {"eta": 1.0, "eta_per_category": [1.0]})
 
 
 def test_calibrate_eta_is_max_validation_error():
@@ -255,11 +268,15 @@ def test_calibrate_eta_is_max_validation_error():
        "category_id": jnp.asarray([2, 0, 2])},
   ]
   cal = m.calibrate(state, batches)
-  stat = [max(_np_s0_patch_max(net, x[i], k) for k in m.ks) for i in range(5)]
-  cats = [0, 1, 0, 2, 0]
-  per = [max(s for s, c in zip(stat, cats) if c == j) for j in range(3)]
-  np.testing.assert_allclose(cal["eta"], max(stat), rtol=1e-4)
-  np.testing.assert_allclose(cal["eta_per_category"], per, rtol=1e-4)
+  stat = np.array([[_np_s0_patch_max(net, x[i], k) for k in m.ks] for i in range(5)])
+  cats = np.array([0, 1, 0, 2, 0])
+  per_scale = np.stack([stat[cats == j].max(axis=0) for j in range(3)])   # [C, len(ks)]
+  np.testing.assert_allclose(cal["eta"], stat.max(), rtol=1e-4)
+  np.testing.assert_allclose(cal["eta_per_category"], per_scale.max(axis=1), rtol=1e-4)
+  np.testing.assert_allclose(cal["eta_per_scale"], stat.max(axis=0), rtol=1e-4)
+  np.testing.assert_allclose(cal["eta_per_category_scale"], per_scale, rtol=1e-4)
+  # the scales differ, so a single eta would not be the same threshold
+  assert not np.allclose(stat.max(axis=0)[0], stat.max(axis=0)[1], rtol=1e-3)
   with pytest.raises(Exception, match="val_fraction"):
     m.calibrate(state, [])
 
