@@ -100,6 +100,7 @@ def main() -> None:
   c.method.ks = tuple(int(k) for k in args.ks.split(","))
   c.method.max_iters = args.max_iters
   c.method.eta_mode = "global"
+  c.method.eta_per_scale = False
   c.train.steps = max(args.train_steps, 1)
   m = methods.build_method(c)
   (stage,) = m.stages()
