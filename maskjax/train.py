@@ -632,6 +632,10 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
   data = data or DataAPI()
   method = build_method(config)
   method.workdir = workdir
+  accum = int(config.optim.get("accum_steps", 1))
+  if accum > 1 and not method.supports_accumulation:
+    raise ConfigError(f"config.optim.accum_steps={accum}: method {config.method.name!r} does not "
+                      "support gradient accumulation yet; use accum_steps=1")
   mesh = mesh_lib.make_mesh(config.mesh)
   for k, v in (method.describe() or {}).items():
     logging_utils.info("method %s: %s", k, v)

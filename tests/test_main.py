@@ -76,3 +76,9 @@ def test_unknown_variant_of_real_config(tmp_path):
 def test_missing_workdir(fake_config):
   line = _one_line_error(_run(f"--config={fake_config}:riad"))
   assert "--workdir" in line
+
+
+def test_accumulation_refused_by_a_method_without_it(tmp_path):
+  line = _one_line_error(_run("--config=configs/aca.py:demo", f"--workdir={tmp_path}",
+                              "--config.optim.accum_steps=2"))
+  assert "accum_steps=2" in line and "aca" in line

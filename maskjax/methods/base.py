@@ -81,6 +81,9 @@ class Method:
   #: the run directory, set by the loop before `stages()` (for files a method
   #: keeps with its run, e.g. EAR's fitted mosaic scales); None outside a run.
   workdir: Optional[str] = None
+  #: whether the method's train steps honour `config.optim.accum_steps`
+  #: (`train_utils.value_and_grad_accum`); the loop refuses accum_steps > 1 otherwise.
+  supports_accumulation: bool = True
 
   def __init__(self, config):
     self.config = config
