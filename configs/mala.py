@@ -32,6 +32,19 @@ Variants (`--config=configs/mala.py:VARIANT`, comma-separated to combine):
   demo          tiny ViT at 64 px on the embedded demo data, all demo
                 categories in one model; both stages on a 2-core CPU:
                   python -m maskjax.main --config=configs/mala.py:demo --workdir=/tmp/mala_demo
+                stage 1: 50 epochs (400 steps), stage 2: 160 epochs (1280 steps,
+                lr 1e-3), local_prob 0.8 (the demo's defects lie on the object),
+                pooling 5 x 5. Measured (random init, seed 0, percent; runs with
+                the same seed reproduce these numbers exactly):
+                  category  image AUROC  pixel AUROC  AUPRO
+                  fabric       100.0        98.3       94.5
+                  pill          90.0        82.3       68.1
+                  tiles         97.6        77.1       58.0
+                  washer        91.2        80.1       60.4
+                  mean          94.7        84.5       70.2
+                train + eval 4 min 23 s on 2 CPU cores at load ~1-1.5
+                (6 min 40 s at load ~5-6). The earlier 25 / 120 epochs with
+                local_prob 0.5 gave image AUROC 94.5 / 65.7 / 87.1 / 54.1.
   demo_multi    `demo` with the demo data laid out as MVTec + VisA
                 (`maskjax.data.demo.generate_multi`), format "multi"
   reduced       the full configuration's code path (ViT-L/16 patching, sin-cos
@@ -173,15 +186,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.plpm_width = 16
     c.model.plpm_layers = 3
     c.method.score_kernel = 5
-    # 4 categories x 64 samples / 32 = 8 steps per epoch: 200 + 960 steps
-    c.method.stage1.epochs = 25
+    # 4 categories x 64 samples / 32 = 8 steps per epoch: 400 + 1280 steps
+    c.method.stage1.epochs = 50
     c.method.stage1.samples_per_category = 64
     c.method.stage1.batch_size = 32
     c.method.stage1.base_lr = 1.5e-3
-    c.method.stage2.epochs = 120
+    c.method.stage2.epochs = 160
     c.method.stage2.samples_per_category = 64
     c.method.stage2.batch_size = 32
     c.method.stage2.base_lr = 8e-3              # lr 1e-3
+    c.method.stage2.local_prob = 0.8            # the demo's defects lie on the object
     c.input.batch_size = 32
     c.optim.weight_decay = 0.05
     c.train.log_every = 20
