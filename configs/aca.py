@@ -68,11 +68,7 @@ VARIANTS = ("full", "demo", "random_mask", "no_mask", "no_pretrain", "poisson", 
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    raise ConfigError(f"configs/aca.py: unknown variant(s) {', '.join(map(repr, unknown))}; "
-                      f"known: {', '.join(VARIANTS)}")
+  variants = config_base.parse_variants(arg, VARIANTS, "configs/aca.py", default="")
   c = config_base.base_config()
 
   # -- data ---------------------------------------------------------------------

@@ -44,16 +44,13 @@ from __future__ import annotations
 import ml_collections
 
 from maskjax import config_base
-from maskjax.errors import ConfigError
 
 VARIANTS = ("full", "m_star", "wo_obf", "wo_attn", "demo", "demo_vit")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variant = (arg or "full").strip()
-  if variant not in VARIANTS:
-    raise ConfigError(f"configs/ear.py: unknown variant {variant!r}; known: "
-                      f"{', '.join(VARIANTS)}")
+  (variant,) = config_base.parse_variants(arg, VARIANTS, "configs/ear.py", default="full",
+                                          single=True)
   c = config_base.base_config()
 
   c.input.categories = ("*",)

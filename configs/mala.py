@@ -70,11 +70,7 @@ VARIANTS = ("mvtec", "visa", "per_category", "demo", "demo_multi", "reduced",
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v.strip() for v in (arg or "").split(",") if v.strip()]
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    raise ConfigError(f"configs/mala.py: unknown variant(s) {', '.join(map(repr, unknown))}; "
-                      f"known: {', '.join(VARIANTS)}")
+  variants = config_base.parse_variants(arg, VARIANTS, "configs/mala.py", default="")
   c = config_base.base_config()
 
   # -- data: MVTec AD + VisA together ------------------------------------------

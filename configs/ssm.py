@@ -52,17 +52,12 @@ from __future__ import annotations
 import ml_collections
 
 from maskjax import config_base
-from maskjax.errors import ConfigError
 
 VARIANTS = ("full", "demo", "no_mam", "no_refine")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  variants = [v.strip() for v in (arg or "full").split(",") if v.strip()]
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    raise ConfigError(f"configs/ssm.py: unknown variant(s) {', '.join(map(repr, unknown))}; "
-                      f"known: {', '.join(VARIANTS)}")
+  variants = config_base.parse_variants(arg, VARIANTS, "configs/ssm.py", default="full")
   c = config_base.base_config()
 
   c.input.categories = ("*",)

@@ -10,6 +10,25 @@ from __future__ import annotations
 
 import ml_collections
 
+from maskjax.errors import ConfigError
+
+
+def parse_variants(arg, known, source: str, default: str = "", single: bool = False) -> list[str]:
+  """`get_config(arg)`'s variant string -> list of variant names.
+
+  "demo,bf16" -> ["demo", "bf16"]; empty -> [default] (or [] when default is
+  ""). Unknown names (or several when `single`) raise ConfigError naming the
+  config file and the known variants.
+  """
+  variants = [v.strip() for v in (arg or default).split(",") if v.strip()]
+  unknown = [v for v in variants if v not in known]
+  if unknown:
+    raise ConfigError(f"{source}: unknown variant(s) {', '.join(map(repr, unknown))}; "
+                      f"known: {', '.join(known)}")
+  if single and len(variants) > 1:
+    raise ConfigError(f"{source}: takes one variant, got {arg!r}; known: {', '.join(known)}")
+  return variants
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
