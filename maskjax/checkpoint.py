@@ -14,9 +14,18 @@ lowered `train.steps` also counts as the end). Saves are asynchronous when
 `config.train.async_checkpoint`; `wait()` blocks until they are committed.
 Orbax commits a step atomically (temporary directory, then rename), so a
 process killed mid-save leaves the previous step as the latest one.
+
+Only the process that trains (holding the workdir lock, `maskjax.workdir`)
+opens a checkpointer for writing; it alone may clean up the temporary
+directories of interrupted saves. Eval, predict and completeness checks open
+it `read_only`: they never create, delete or clean up anything, so they are
+safe beside a live save. A failed save (disk full, read-only directory, ...)
+becomes one `CheckpointError` naming the step, the cause and the last good
+step, at the save that failed or at the next `check()` / `wait()`.
 """
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any, Optional
 
@@ -37,15 +46,24 @@ except ImportError:  # pragma: no cover - grain built without Orbax support
 class StageCheckpointer:
   """Periodic/final saves, keep-last-K, async, restore into shardings."""
 
-  def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True):
+  def __init__(self, directory: str, *, max_to_keep: int = 2, async_save: bool = True,
+               read_only: bool = False):
     self.directory = os.path.abspath(directory)
+    self.read_only = bool(read_only)
+    keep = max(int(max_to_keep), 1) if max_to_keep and not read_only else None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max(int(max_to_keep), 1) if max_to_keep else None,
-        enable_async_checkpointing=bool(async_save),
-        cleanup_tmp_directories=True,
-        create=True)
-    self._mngr = ocp.CheckpointManager(self.directory, options=options,
-                                       item_names=("state", "data", "meta"))
+        max_to_keep=keep, save_interval_steps=0 if read_only else 1,
+        enable_async_checkpointing=bool(async_save) and not read_only,
+        cleanup_tmp_directories=not read_only,
+        create=not read_only,
+        read_only=self.read_only)
+    self._pending: Optional[int] = None   # step of a save that may still be running
+    try:
+      self._mngr = ocp.CheckpointManager(self.directory, options=options,
+                                         item_names=("state", "data", "meta"))
+    except OSError as e:
+      raise CheckpointError(f"cannot open the checkpoint directory {self.directory}: "
+                            f"{_os_text(e)}") from e
 
   # -- queries --------------------------------------------------------------------
   def latest_step(self) -> Optional[int]:
@@ -67,11 +85,30 @@ class StageCheckpointer:
     """Save (asynchronously when enabled). The state arrays must not be
     donated before the save has copied them: Orbax copies device arrays to
     host before `save` returns, so the next (donating) step is safe."""
+    if self.read_only:
+      raise CheckpointError(f"{self.directory} was opened read-only; cannot save step {step}")
     items = {"state": ocp.args.StandardSave(state),
              "meta": ocp.args.JsonSave(dict(meta, step=int(step)))}
     if data_iterator is not None and _GrainSave is not None:
       items["data"] = _GrainSave(data_iterator)
-    self._mngr.save(int(step), args=ocp.args.Composite(**items), force=True)
+    with self._save_errors(int(step)):
+      self._mngr.save(int(step), args=ocp.args.Composite(**items), force=True)
+    self._pending = int(step)
+
+  def check(self) -> None:
+    """Raise the error of a finished asynchronous save now (cheap, no waiting)."""
+    if self._pending is not None:
+      with self._save_errors(self._pending):
+        self._mngr.check_for_errors()
+
+  def _save_errors(self, step: int):
+    return _SaveErrors(self, step)
+
+  def committed_steps(self) -> list[int]:
+    """Steps whose save completed (read from the directory, not Orbax's cache)."""
+    if not os.path.isdir(self.directory):
+      return []
+    return sorted(int(n) for n in os.listdir(self.directory) if n.isdigit())
 
   # -- restore --------------------------------------------------------------------
   def restore(self, step: int, abstract_state: PyTree, *, data_iterator=None):
@@ -92,14 +129,60 @@ class StageCheckpointer:
 
   # -- lifecycle ------------------------------------------------------------------
   def wait(self) -> None:
-    self._mngr.wait_until_finished()
+    with self._save_errors(self._pending if self._pending is not None else -1):
+      self._mngr.wait_until_finished()
 
   def close(self) -> None:
     try:
-      self._mngr.wait_until_finished()
+      self.wait()
     finally:
-      self._mngr.close()
+      try:
+        self._mngr.close()
+      except Exception as e:  # noqa: BLE001 - the save error (if any) was raised by wait()
+        logging.warning("closing checkpoint manager %s: %s", self.directory, e)
     logging.debug("closed checkpoint manager %s", self.directory)
+
+
+class _SaveErrors:
+  """Turns any exception of an (async) save into one CheckpointError line."""
+
+  def __init__(self, ckpt: StageCheckpointer, step: int):
+    self.ckpt, self.step = ckpt, step
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, typ, e, tb):
+    if e is None or isinstance(e, (CheckpointError, KeyboardInterrupt)):
+      return False
+    good = [s for s in self.ckpt.committed_steps() if s != self.step]
+    cause = _root_cause(e)
+    text = _os_text(cause) if isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
+    what = f"step {self.step}" if self.step >= 0 else "a checkpoint"
+    self.ckpt._pending = None
+    raise CheckpointError(
+        f"saving {what} to {self.ckpt.directory} failed: {text}; last good checkpoint: "
+        + (f"step {good[-1]}" if good else "none") + ". Free space / fix the directory, then "
+        "rerun the same command to resume from it") from e
+
+
+def _root_cause(e: BaseException) -> BaseException:
+  """The first OSError in an exception's chain (causes, contexts, groups), else `e`."""
+  seen, todo = set(), [e]
+  while todo:
+    x = todo.pop(0)
+    if x is None or id(x) in seen:
+      continue
+    seen.add(id(x))
+    if isinstance(x, OSError) and x.errno:
+      return x
+    todo += list(getattr(x, "exceptions", ()) or ()) + [x.__cause__, x.__context__]
+  return e
+
+
+def _os_text(e: OSError) -> str:
+  name = errno.errorcode.get(e.errno, "")
+  return f"{e.strerror or e} ({name})" if name else str(e.strerror or e)
 
 
 def has_checkpoint(directory: str) -> bool:

@@ -54,6 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.skip_bad_files = False    # True: skip and count bad files instead of failing
   c.input.texture_dir = ""          # DTD-layout textures for Perlin anomalies ("" = built-in)
   c.input.cache_dir = ""            # where the demo data is generated ("" = ~/.cache/maskjax)
+  # How mask files are read. "binary": a mask holds 0 and one other value
+  # (MVTec AD: 0/255); any other value (a gradient, JPEG noise) is a data
+  # problem. "labels": any non-zero value is a defect (instance-label masks).
+  # "auto": "labels" for the VisA format (its masks are instance labels), else "binary".
+  c.input.mask_values = "auto"
   # folder format only
   c.input.normal_dir = ""
   c.input.abnormal_dir = ""
@@ -106,3 +111,78 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1                   # parameter sharding (FSDP-style) axis size
   c.mesh.fsdp_min_size = 2 ** 18    # params smaller than this stay replicated
   return c
+
+
+# ----------------------------------------------------------------------------
+# validation of values, before any work
+# ----------------------------------------------------------------------------
+_CHOICES = {
+    "input.format": ("mvtec", "visa", "folder", "archive", "tfds", "multi"),
+    "input.mask_values": ("auto", "binary", "labels"),
+    "optim.name": ("adam", "adamw", "sgd"),
+    "optim.schedule": ("constant", "step", "warmup_cosine", "warmup", "sgdr"),
+    "train.compute_dtype": ("float32", "bfloat16"),
+}
+# key -> (lowest, highest, lowest included, highest included); None = unbounded
+_RANGES = {
+    "input.image_size": (1, None, True, True),
+    "input.batch_size": (1, None, True, True),
+    "input.eval_batch_size": (1, None, True, True),
+    "input.val_fraction": (0.0, 1.0, True, False),
+    "input.num_workers": (0, None, True, True),
+    "input.prefetch": (0, None, True, True),
+    "optim.lr": (0.0, None, True, True),
+    "optim.weight_decay": (0.0, None, True, True),
+    "optim.grad_clip": (0.0, None, True, True),
+    "optim.accum_steps": (1, None, True, True),
+    "optim.warmup_steps": (0, None, True, True),
+    "train.steps": (0, None, True, True),
+    "train.epochs": (0, None, True, True),
+    "train.log_every": (1, None, True, True),
+    "train.checkpoint_every": (0, None, True, True),
+    "train.keep_checkpoints": (1, None, True, True),
+    "eval.threshold_quantile": (0.0, 1.0, False, True),
+    "eval.num_heatmaps": (0, None, True, True),
+    "mesh.fsdp": (1, None, True, True),
+}
+
+
+def _lookup(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    if part not in node:
+      return _MISSING
+    node = node[part]
+  return node
+
+
+_MISSING = object()
+
+
+def validate(config) -> None:
+  """Refuse out-of-range or unknown values of the shared keys at load time (one
+  ConfigError naming every bad key), so a run never fails after training."""
+  bad = []
+  for key, choices in _CHOICES.items():
+    v = _lookup(config, key)
+    if v is not _MISSING and v not in choices:
+      bad.append(f"config.{key}={v!r} is not one of {', '.join(choices)}")
+  for key, (lo, hi, lo_in, hi_in) in _RANGES.items():
+    v = _lookup(config, key)
+    if v is _MISSING:
+      continue
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+      bad.append(f"config.{key}={v!r} must be a number")
+      continue
+    ok = ((lo is None or (v >= lo if lo_in else v > lo)) and
+          (hi is None or (v <= hi if hi_in else v < hi)))
+    if not ok:
+      lo_s = "-inf" if lo is None else lo
+      hi_s = "inf" if hi is None else hi
+      bad.append(f"config.{key}={v!r} must be in {'[' if lo_in else '('}{lo_s}, {hi_s}"
+                 f"{']' if hi_in else ')'}")
+  data = _lookup(config, "mesh.data")
+  if data is not _MISSING and not (data == -1 or (isinstance(data, int) and data >= 1)):
+    bad.append(f"config.mesh.data={data!r} must be -1 (all devices) or >= 1")
+  if bad:
+    raise ConfigError("; ".join(bad))

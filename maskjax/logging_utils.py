@@ -35,6 +35,26 @@ def _is_tty() -> bool:
     return False
 
 
+def _drop_records_after(path: str, stage: str, step: int) -> None:
+  """Remove `stage`'s records after `step`: a killed run logged steps past its
+  last checkpoint, and the resumed run logs them again."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      rec = json.loads(line)
+    except ValueError:  # a line cut by the kill
+      continue
+    if not (rec.get("stage") == stage and int(rec.get("step", 0)) > step):
+      keep.append(line if line.endswith("\n") else line + "\n")
+  if len(keep) != len(lines):
+    from maskjax import fileio
+    fileio.write_text(path, "".join(keep))
+
+
 class MetricLogger:
   """Writes one stage's log steps. Use as a context manager, or call close()."""
 
@@ -51,7 +71,9 @@ class MetricLogger:
     if not self.write:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+    path = os.path.join(workdir, "metrics.jsonl")
+    _drop_records_after(path, stage, int(start_step))
+    self._jsonl = open(path, "a", encoding="utf-8")
     try:
       self._tb = ScalarEventWriter(os.path.join(workdir, "tb"))
     except OSError as e:  # TensorBoard is optional

@@ -36,6 +36,12 @@ flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
                   "train: train then evaluate; eval: evaluate the checkpoint in --workdir; "
                   "predict: score the images of --predict_dir.")
 flags.DEFINE_string("predict_dir", None, "predict mode: folder of images to score.")
+flags.DEFINE_string("output_dir", None, "eval / predict: where the report / heatmaps go "
+                    "(default DIR/eval, DIR/predict); checked writable before any work.")
+flags.DEFINE_bool("allow_config_change", False,
+                  "resume a run although recipe keys (losses, optimiser, batch, ...) changed; "
+                  "the previous config is kept as DIR/config.<n>.json and the report lists "
+                  "every phase.")
 flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "multi-host: index of this process.")
@@ -70,7 +76,8 @@ def main(argv) -> None:
     mesh.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                       FLAGS.process_id)
     from maskjax import train
-    train.run(config, FLAGS.workdir, mode=FLAGS.mode, predict_dir=FLAGS.predict_dir)
+    train.run(config, FLAGS.workdir, mode=FLAGS.mode, predict_dir=FLAGS.predict_dir,
+              output_dir=FLAGS.output_dir, allow_config_change=FLAGS.allow_config_change)
   except UserError as e:
     _fail(str(e))
 
@@ -101,6 +108,8 @@ def _parse_flags(argv):
 def _quiet_libraries(record) -> bool:
   """Keep INFO lines of maskjax; libraries (Orbax, grain, ...) only from WARNING up."""
   path = getattr(record, "pathname", "") or ""
+  if "Given directory is read only" in str(getattr(record, "msg", "")):
+    return False  # Orbax's note on our read-only (eval / predict) checkpoint opens
   return record.levelno >= 30 or "maskjax" in path or "site-packages" not in path
 
 

@@ -37,6 +37,8 @@ from typing import Optional
 import numpy as np
 from absl import app, flags
 
+from maskjax import fileio
+
 FLAGS = flags.FLAGS
 METRIC_TITLES = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO",
                  "image_f1_max": "Image F1-max"}
@@ -240,17 +242,15 @@ def write(tables: dict, out_dir: str) -> list[str]:
             "| " + " | ".join(t["header"]) + " |",
             "|" + "|".join(["---"] + ["---:"] * (len(t["header"]) - 1)) + "|"]
       md += ["| " + " | ".join(r) + " |" for r in t["rows"]]
-      with open(base + ".md", "w") as f:
-        f.write("\n".join(md) + "\n")
-      with open(base + ".csv", "w", newline="") as f:
+      fileio.write_text(base + ".md", "\n".join(md) + "\n")
+      with fileio.atomic_open(base + ".csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(t["header"])
         w.writerows(t["rows"])
       _bar_chart(t, f"{ds}: {METRIC_TITLES[metric]}", base + ".png")
       written += [base + ".md", base + ".csv", base + ".png"]
       summary += md + [""]
-  with open(os.path.join(out_dir, "summary.md"), "w") as f:
-    f.write("\n".join(summary))
+  fileio.write_text(os.path.join(out_dir, "summary.md"), "\n".join(summary))
   written.append(os.path.join(out_dir, "summary.md"))
   return written
 

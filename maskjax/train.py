@@ -23,10 +23,10 @@ run is bit-identical to an uninterrupted one on the same devices):
   init rng   = fold_in(root, 10_000 + stage_index)
   data seed  = SeedSequence([config.seed, stage_index]) (grain shuffles / host rngs)
 
-Workdir identity: a workdir belongs to one run. `config.json` is written at
-start; a later run in the same workdir must agree on the keys in
-`IDENTITY_KEYS` (WorkdirError naming the differing keys otherwise); other keys
-(train.steps, log_every, eval.*, ...) may change on resume.
+Workdir: a workdir belongs to one run and has one writer at a time (train and
+eval hold its lock); `config.json` is written at start; a later run must agree
+on the identity keys and, unless `allow_config_change`, on the recipe keys
+(`maskjax.workdir`). Eval and predict open checkpoints read-only.
 """
 from __future__ import annotations
 
@@ -43,8 +43,9 @@ import numpy as np
 from absl import logging
 
 from maskjax import checkpoint as ckpt_lib
-from maskjax import logging_utils
+from maskjax import config_base, fileio, logging_utils
 from maskjax import mesh as mesh_lib
+from maskjax import workdir as workdir_lib
 from maskjax.errors import (CheckpointError, ConfigError, DataError, NonFiniteLossError,
                             WorkdirError)
 
@@ -98,40 +99,15 @@ class DataAPI:
 # ----------------------------------------------------------------------------
 # workdir
 # ----------------------------------------------------------------------------
-def _get_path(tree: dict, dotted: str):
-  node = tree
-  for part in dotted.split("."):
-    if not isinstance(node, dict) or part not in node:
-      return None
-    node = node[part]
-  return node
+IDENTITY_KEYS = workdir_lib.IDENTITY_KEYS
 
 
-def check_workdir(config, workdir: str, *, write: bool = True) -> None:
-  """Refuse a workdir holding another run; write `config.json` (process 0)."""
-  path = os.path.join(workdir, "config.json")
-  current = json.loads(config.to_json())
-  if os.path.exists(path):
-    try:
-      with open(path, encoding="utf-8") as f:
-        previous = json.load(f)
-    except (OSError, ValueError) as e:
-      raise WorkdirError(f"{path} is not a readable config ({e}); use another --workdir") from e
-    diffs = []
-    for key in IDENTITY_KEYS:
-      a, b = _get_path(previous, key), _get_path(current, key)
-      if a != b:
-        diffs.append(f"{key}: workdir has {a!r}, config has {b!r}")
-    if diffs:
-      raise WorkdirError(
-          f"--workdir={workdir} holds a different run ({path}); differing keys: "
-          + "; ".join(diffs) + ". Use a new --workdir, or the original config to resume it")
-  if write and jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-      f.write(config.to_json(indent=2))
-    os.replace(tmp, path)
+def check_workdir(config, workdir: str, *, write: bool = True,
+                  allow_config_change: bool = False) -> None:
+  """Refuse a workdir holding another run (or another recipe); record `config.json`
+  (process 0). See `maskjax.workdir`."""
+  workdir_lib.check(config, workdir, write=write and jax.process_index() == 0,
+                    allow_config_change=allow_config_change)
 
 
 # ----------------------------------------------------------------------------
@@ -287,6 +263,7 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
                 f"non-finite loss at step {s}: {term}={value} (stage {stage.name}); "
                 f"last good checkpoint: "
                 + (f"step {last_good} in {ckpt_dir}" if last_good is not None else "none"))
+          ckpt.check()  # a failed asynchronous save surfaces now, with its cause
           last_metrics = fetched[-1][1]
           logger.log(step, {k: np.asarray(v).reshape(-1)[0] for k, v in last_metrics.items()},
                      batch_size=stage.batch_size)
@@ -312,7 +289,7 @@ def _stage_complete(workdir: str, stage) -> bool:
   d = os.path.join(workdir, "checkpoints", stage.name)
   if not ckpt_lib.has_checkpoint(d):
     return False
-  c = ckpt_lib.StageCheckpointer(d, async_save=False)
+  c = ckpt_lib.StageCheckpointer(d, async_save=False, read_only=True)
   try:
     latest = c.latest_step()
     return latest is not None and latest >= stage.steps
@@ -323,7 +300,7 @@ def _stage_complete(workdir: str, stage) -> bool:
 def _restore_final(workdir: str, stage, stage_index: int, mesh, mesh_cfg, abstract_previous):
   d = os.path.join(workdir, "checkpoints", stage.name)
   cs = CompiledStage(stage, mesh, mesh_cfg, abstract_previous)
-  c = ckpt_lib.StageCheckpointer(d, async_save=False)
+  c = ckpt_lib.StageCheckpointer(d, async_save=False, read_only=True)
   try:
     latest = c.latest_step()
     if latest is None:
@@ -459,8 +436,10 @@ def _dataset_name(config) -> str:
   return os.path.basename(os.path.normpath(str(config.input.data_dir))) or fmt
 
 
-def calibrate(config, workdir, method, state, mesh, splits, data) -> tuple[dict, Any]:
-  """Method calibration + decision threshold on the validation split (saved)."""
+def calibrate(config, workdir, method, state, mesh, splits, data,
+              out_dir: Optional[str] = None) -> tuple[dict, Any]:
+  """Method calibration + decision threshold on the validation split, saved as
+  `calibration.json` in `out_dir` (default: the workdir, where predict reads it)."""
   from maskjax.eval import threshold
   calibration = method.calibrate(state, _val_batches(config, splits, mesh, data)) or {}
   if len(splits.val) == 0:
@@ -470,9 +449,9 @@ def calibrate(config, workdir, method, state, mesh, splits, data) -> tuple[dict,
   stats = threshold.fit(val["image_score"], float(config.eval.threshold_quantile),
                         val_maps=val["anomaly_map"])
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "calibration.json"), "w", encoding="utf-8") as f:
-      json.dump({"calibration": _to_jsonable(calibration),
-                 "threshold": _to_jsonable(stats)}, f, indent=2)
+    fileio.write_json(os.path.join(out_dir or workdir, "calibration.json"),
+                      {"calibration": _to_jsonable(calibration),
+                       "threshold": _to_jsonable(stats)})
   return calibration, stats
 
 
@@ -480,14 +459,19 @@ def load_calibration(workdir: str) -> tuple[dict, Any]:
   path = os.path.join(workdir, "calibration.json")
   if not os.path.exists(path):
     raise CheckpointError(f"{path} does not exist; evaluate the run first (--mode=eval)")
-  with open(path, encoding="utf-8") as f:
-    d = json.load(f)
-  return d["calibration"], d["threshold"]
+  try:
+    with open(path, encoding="utf-8") as f:
+      d = json.load(f)
+    return d["calibration"], d["threshold"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise CheckpointError(f"{path} is not a readable calibration ({type(e).__name__}: {e}); "
+                          "rerun --mode=eval to write it again") from e
 
 
 def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAPI] = None,
-             timings: Optional[dict] = None) -> dict:
-  """Calibrate on validation, score the test split, per-category metrics and reports."""
+             timings: Optional[dict] = None, out_dir: Optional[str] = None) -> dict:
+  """Calibrate on validation, score the test split, per-category metrics and reports
+  (into `out_dir`, default `<workdir>/eval`)."""
   from maskjax.eval import metrics as metrics_lib
   from maskjax.eval import report
   data = data or DataAPI()
@@ -496,7 +480,10 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
                     f"(config.input.categories={tuple(config.input.categories)}): nothing to "
                     "evaluate")
   t0 = time.perf_counter()
-  calibration, stats = calibrate(config, workdir, method, state, mesh, splits, data)
+  custom_out = out_dir is not None
+  out_dir = out_dir or os.path.join(workdir, "eval")
+  calibration, stats = calibrate(config, workdir, method, state, mesh, splits, data,
+                                 out_dir=out_dir if custom_out else None)
   test = score_split(config, method, state, calibration, mesh, splits.test, data)
   eval_time = time.perf_counter() - t0
   cat_of = np.asarray([r.category for r in splits.test])[test["index"]]
@@ -511,11 +498,11 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
   mean = {k: v["mean"] for k, v in metrics_lib.mean_over_categories(per_category).items()}
   results = {"per_category": per_category, "mean": mean}
   if jax.process_index() == 0:
-    out_dir = os.path.join(workdir, "eval")
     run_info = {"config": json.loads(config.to_json()), "timings": dict(timings or {},
                                                                          eval_s=eval_time),
                 "device": mesh_lib.describe_devices(), "describe": method.describe(),
-                "threshold": _to_jsonable(stats)}
+                "threshold": _to_jsonable(stats),
+                "config_phases": workdir_lib.config_phases(workdir)}
     json_path, md_path = report.write_reports(out_dir, method=config.method.name,
                                               dataset=_dataset_name(config),
                                               per_category=per_category, run_info=run_info)
@@ -550,13 +537,8 @@ def _plots(config, out_dir, splits, test) -> None:
 # ----------------------------------------------------------------------------
 # prediction on a folder of images
 # ----------------------------------------------------------------------------
-def predict(config, workdir, method, state, mesh, predict_dir: str) -> dict:
-  """Score every image in `predict_dir`; write `<workdir>/predict/scores.csv`
-  (path, raw score, normalised score, decision) and one heatmap PNG per image."""
-  from PIL import Image
-
-  from maskjax.data import images
-  from maskjax.eval import threshold
+def predict_paths(predict_dir: str) -> list[str]:
+  """The images of `predict_dir` (ConfigError when there are none)."""
   if not predict_dir or not os.path.isdir(predict_dir):
     raise ConfigError(f"predict mode needs a folder of images: config.eval.predict_dir / "
                       f"--predict_dir is {predict_dir!r}")
@@ -564,6 +546,28 @@ def predict(config, workdir, method, state, mesh, predict_dir: str) -> dict:
                  if n.lower().endswith(IMAGE_EXTENSIONS))
   if not paths:
     raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {predict_dir}")
+  return paths
+
+
+def heatmap_name(path: str) -> str:
+  """`a.png` -> `a.png_heatmap.png`: the extension stays in the name, so `a.png`
+  and `a.jpg` of one folder never share a heatmap file."""
+  return os.path.basename(path) + "_heatmap.png"
+
+
+def predict(config, workdir, method, state, mesh, predict_dir: str,
+            out_dir: Optional[str] = None) -> dict:
+  """Score every image in `predict_dir`; write `<out_dir>/scores.csv` (path, raw
+  score, normalised score, decision) and one heatmap PNG per image (`out_dir`
+  default `<workdir>/predict`)."""
+  from PIL import Image
+
+  from maskjax.data import images
+  from maskjax.eval import threshold
+  paths = predict_paths(predict_dir)
+  out_dir = out_dir or os.path.join(workdir, "predict")
+  if jax.process_index() == 0:
+    fileio.ensure_writable_dir(out_dir, "--output_dir")
   calibration, stats = load_calibration(workdir)
   size = int(config.input.image_size)
   bs = int(config.input.eval_batch_size)
@@ -590,10 +594,8 @@ def predict(config, workdir, method, state, mesh, predict_dir: str) -> dict:
   maps = np.concatenate(maps)
   norm = np.asarray(threshold.normalize(scores, stats), np.float64)
   decision = np.asarray(threshold.decide(scores, stats), bool)
-  out_dir = os.path.join(workdir, "predict")
   if jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "scores.csv"), "w", newline="", encoding="utf-8") as f:
+    with fileio.atomic_open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
       w = csv.writer(f)
       w.writerow(["path", "score", "normalized_score", "anomalous"])
       for p, s, ns, d in zip(paths, scores, norm, decision):
@@ -601,8 +603,8 @@ def predict(config, workdir, method, state, mesh, predict_dir: str) -> dict:
     lo_v, hi_v = float(np.min(maps)), float(np.max(maps))
     for p, m in zip(paths, maps):
       heat = np.clip((m - lo_v) / max(hi_v - lo_v, 1e-12), 0, 1)
-      name = os.path.splitext(os.path.basename(p))[0] + "_heatmap.png"
-      Image.fromarray((heat * 255).round().astype(np.uint8)).save(os.path.join(out_dir, name))
+      with fileio.atomic_open(os.path.join(out_dir, heatmap_name(p)), "wb") as f:
+        Image.fromarray((heat * 255).round().astype(np.uint8)).save(f, format="PNG")
     print(f"scores: {os.path.join(out_dir, 'scores.csv')} ({len(paths)} images, "
           f"{int(np.sum(decision))} anomalous)")
   return {"paths": paths, "scores": scores, "normalized_scores": norm, "decisions": decision,
@@ -615,21 +617,49 @@ def predict(config, workdir, method, state, mesh, predict_dir: str) -> dict:
 # entry point
 # ----------------------------------------------------------------------------
 def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = None, *,
-        data: Optional[DataAPI] = None, evaluate_after_train: bool = True) -> dict:
+        data: Optional[DataAPI] = None, evaluate_after_train: bool = True,
+        output_dir: Optional[str] = None, allow_config_change: bool = False) -> dict:
   """Train (all stages) then evaluate, or evaluate / predict with the final
-  checkpoint of `workdir`. Returns a dict of results (metrics, paths)."""
-  from maskjax.methods import build_method
+  checkpoint of `workdir`. Returns a dict of results (metrics, paths).
+
+  `output_dir`: where eval writes its report (default `<workdir>/eval`) and
+  predict its heatmaps (default `<workdir>/predict`). `allow_config_change`:
+  resume although recipe keys changed (`maskjax.workdir`)."""
   if mode not in MODES:
     raise ConfigError(f"--mode={mode!r}; known: {', '.join(MODES)}")
+  config_base.validate(config)
   mesh_lib.maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
-  if mode == "train":
-    check_workdir(config, workdir)
-  else:
-    if not os.path.exists(os.path.join(workdir, "config.json")):
-      raise WorkdirError(f"--workdir={workdir} holds no run (no config.json); train first")
-    check_workdir(config, workdir, write=False)
+  writer = jax.process_index() == 0
+  if mode != "train" and not os.path.exists(os.path.join(workdir, "config.json")):
+    raise WorkdirError(f"--workdir={workdir} holds no run (no config.json); train first")
+  if writer and mode == "train":
+    fileio.ensure_writable_dir(workdir, "--workdir")
+  if writer and mode == "eval":
+    fileio.ensure_writable_dir(output_dir or os.path.join(workdir, "eval"),
+                               "--output_dir" if output_dir else "--workdir")
+    if output_dir is None:
+      fileio.ensure_writable_dir(workdir, "--workdir")
+  if mode == "predict":  # read-only use of the run: no lock, its own output directory
+    check_workdir(config, workdir, write=False, allow_config_change=allow_config_change)
+    return _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train,
+                       output_dir)
+  with workdir_lib.WorkdirLock(workdir, mode=mode, enabled=writer):
+    check_workdir(config, workdir, write=mode == "train",
+                  allow_config_change=allow_config_change)
+    return _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train,
+                       output_dir)
+
+
+def _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train, output_dir):
+  from maskjax.methods import build_method
   data = data or DataAPI()
+  if mode == "predict":
+    paths_dir = predict_dir or str(config.eval.get("predict_dir", ""))
+    predict_paths(paths_dir)  # fail before building anything
+    out = output_dir or os.path.join(workdir, "predict")
+    if jax.process_index() == 0:
+      fileio.ensure_writable_dir(out, "--output_dir" if output_dir else "--workdir")
   method = build_method(config)
   method.workdir = workdir
   accum = int(config.optim.get("accum_steps", 1))
@@ -643,10 +673,13 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
   results: dict = {"workdir": workdir, "mode": mode}
   if mode == "predict":
     state = restore_final_state(config, workdir, method, mesh)
-    results.update(predict(config, workdir, method, state, mesh,
-                           predict_dir or str(config.eval.get("predict_dir", ""))))
+    results.update(predict(config, workdir, method, state, mesh, paths_dir, out_dir=output_dir))
     return results
   splits = data.load_splits(config.input, int(config.seed))
+  if not splits.val:  # the decision threshold needs validation normals: fail before training
+    raise ConfigError("the validation split is empty: the decision threshold is fitted on "
+                      "held-out training normals; raise config.input.val_fraction (now "
+                      f"{config.input.val_fraction}) or add training images")
   timings = {}
   if mode == "train":
     t0 = time.perf_counter()
@@ -657,5 +690,6 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
       return results
   else:
     state = restore_final_state(config, workdir, method, mesh)
-  results.update(evaluate(config, workdir, method, state, mesh, splits, data, timings))
+  results.update(evaluate(config, workdir, method, state, mesh, splits, data, timings,
+                          out_dir=output_dir))
   return results

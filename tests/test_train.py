@@ -86,7 +86,7 @@ def test_eval_and_predict_modes(full_run, tmp_path):
   assert rows[0] == "path,score,normalized_score,anomalous" and len(rows) == 4
   np.testing.assert_array_equal(pred["decisions"], pred["scores"] > cal["threshold"]["threshold"])
   assert sorted(n for n in os.listdir(pred["out_dir"]) if n.endswith(".png")) == [
-      "img0_heatmap.png", "img1_heatmap.png", "img2_heatmap.png"]
+      "img0.png_heatmap.png", "img1.png_heatmap.png", "img2.png_heatmap.png"]
 
 
 def test_eval_without_checkpoint_fails(tmp_path):

@@ -32,6 +32,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from maskjax import fileio
 from maskjax.eval import metrics as metrics_lib
 from maskjax.eval import published
 
@@ -180,6 +181,14 @@ def _markdown(method: str, dataset: str, per_category: Mapping[str, Mapping[str,
   if isinstance(thr, Mapping) and "threshold" in thr:
     lines += ["", f"Decision threshold (predict mode): {thr['threshold']:.6g} = quantile "
               f"{thr.get('quantile')} of {thr.get('count', '?')} normal validation image scores."]
+  phases = run_info.get("config_phases")
+  if isinstance(phases, list) and len(phases) > 1:
+    lines += ["", f"Config phases (the run was resumed with changed keys, {len(phases)} phases):",
+              ""]
+    for i, ph in enumerate(phases, start=1):
+      changed = ph.get("changed") or {}
+      what = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items()) or "first"
+      lines.append(f"- phase {i} (`{ph.get('file')}`): {what}")
   timings = run_info.get("timings")
   if timings:
     lines += ["", "Timings: " + ", ".join(f"{k} {v:.1f} s" if isinstance(v, (int, float))
@@ -213,10 +222,6 @@ def write_reports(out_dir: str, *, method: str, dataset: str,
   }
   json_path = os.path.join(out_dir, "results.json")
   md_path = os.path.join(out_dir, "results.md")
-  tmp = json_path + ".tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(_jsonable(result), f, indent=2, allow_nan=False)
-  os.replace(tmp, json_path)
-  with open(md_path, "w", encoding="utf-8") as f:
-    f.write(_markdown(method, dataset, per_category, mean, pub, run_info))
+  fileio.write_text(json_path, json.dumps(_jsonable(result), indent=2, allow_nan=False))
+  fileio.write_text(md_path, _markdown(method, dataset, per_category, mean, pub, run_info))
   return json_path, md_path
