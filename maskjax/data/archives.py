@@ -2,24 +2,40 @@
 
 Every member is checked before anything is written: absolute paths, `..`
 components, links (symbolic or hard) whose target leaves the extraction
-directory, and device/FIFO members are rejected with a `DataError` naming the
-archive and the member. Extraction goes to a temporary directory that is
-renamed into place, keyed by the archive's path, size and modification time,
-so a second run reuses it.
+directory, members whose path passes through an earlier link member (a chain
+`a/l -> ..`, `a/l/l2 -> ..`, `a/l/l2/x` looks safe member by member), and
+device/FIFO members are rejected with a `DataError` naming the archive and the
+member. Tar members are then extracted with `tarfile`'s "data" filter, which
+checks again; an interpreter without that filter (Python < 3.11.4) is refused
+rather than trusted. The declared size of all members must fit into the free
+space of the cache. A truncated or corrupt archive (bad CRC, cut stream), or a
+member that cannot be written (a file where a directory must be), is a
+`DataError` naming the archive and the member. Extraction goes to a temporary
+directory that is renamed into place, keyed by the archive's path, size and
+modification time, so a second run reuses it.
 """
 from __future__ import annotations
 
 import hashlib
+import lzma
 import os
 import posixpath
 import shutil
+import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 
 from maskjax.errors import DataError
 
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
+#: free space kept beside an extraction (the run still writes checkpoints)
+FREE_SPACE_MARGIN = 256 * 2 ** 20
+# What reading a damaged archive raises, by compression format.
+# (bz2 reports bad data as OSError or ValueError.)
+_READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError,
+                OSError, ValueError)
 
 
 def is_archive(path: str) -> bool:
@@ -49,47 +65,91 @@ def _check_link(archive: str, name: str, target: str, hard: bool) -> None:
                     "extraction directory; refusing to extract")
 
 
+def _through_link(archive: str, name: str, links: set[str]) -> None:
+  """Refuse a member whose parent path is an earlier link member."""
+  parts = name.split("/")
+  for i in range(1, len(parts)):
+    if "/".join(parts[:i]) in links:
+      raise DataError(f"{archive}: member {name!r} lies under the link member "
+                      f"{'/'.join(parts[:i])!r}; refusing to extract")
+
+
+def _check_space(archive: str, total: int, dest: str) -> None:
+  free = shutil.disk_usage(dest).free
+  if total + FREE_SPACE_MARGIN > free:
+    raise DataError(f"{archive}: extracting needs {total / 2 ** 30:.2f} GiB but the cache "
+                    f"{dest} has {free / 2 ** 30:.2f} GiB free (keeping "
+                    f"{FREE_SPACE_MARGIN // 2 ** 20} MiB); set config.input.cache_dir to a "
+                    "larger disk or extract the archive yourself")
+
+
+def _cause(e: BaseException) -> str:
+  text = str(e) or type(e).__name__
+  if isinstance(e, EOFError) or "unexpected end" in text.lower():
+    return f"the archive is truncated ({text})"
+  return f"{type(e).__name__}: {text}"
+
+
 def _extract_tar(archive: str, dest: str) -> None:
+  if not hasattr(tarfile, "data_filter"):
+    raise DataError(f"{archive}: this Python ({sys.version.split()[0]}) has no tarfile "
+                    "'data' extraction filter (added in 3.11.4); refusing to extract a tar "
+                    "archive without it. Upgrade Python or extract the archive yourself")
   try:
     tf = tarfile.open(archive)
-  except (tarfile.TarError, OSError) as e:
-    raise DataError(f"{archive}: not a readable tar archive ({e})") from e
+  except _READ_ERRORS as e:
+    raise DataError(f"{archive}: not a readable tar archive ({_cause(e)})") from e
   with tf:
-    members = tf.getmembers()
+    try:
+      members = tf.getmembers()
+    except _READ_ERRORS as e:
+      raise DataError(f"{archive}: cannot list the members: {_cause(e)}") from e
+    links: set[str] = set()
     for m in members:
       name = _check_name(archive, m.name)
+      _through_link(archive, name, links)
       if m.issym() or m.islnk():
         _check_link(archive, name, m.linkname, m.islnk())
+        links.add(name)
       elif not (m.isfile() or m.isdir()):
         raise DataError(f"{archive}: member {m.name!r} is a device/FIFO; refusing to extract")
-    # Everything was checked; the 'data' filter (Python >= 3.11.4) checks again.
-    try:
-      tf.extractall(dest, members=members, filter="data")
-    except TypeError:  # pragma: no cover - very old Python without filters
-      tf.extractall(dest, members=members)
-    except tarfile.TarError as e:
-      raise DataError(f"{archive}: unsafe or unreadable member ({e})") from e
+    _check_space(archive, sum(m.size for m in members if m.isfile()), dest)
+    # Everything was checked; the 'data' filter checks again, member by member
+    # so that an error names the member.
+    for m in members:
+      try:
+        tf.extract(m, dest, filter="data", set_attrs=not m.isdir())
+      except _READ_ERRORS as e:
+        raise DataError(f"{archive}: cannot extract member {m.name!r}: {_cause(e)}") from e
 
 
 def _extract_zip(archive: str, dest: str) -> None:
   try:
     zf = zipfile.ZipFile(archive)
-  except (zipfile.BadZipFile, OSError) as e:
-    raise DataError(f"{archive}: not a readable zip archive ({e})") from e
+  except _READ_ERRORS as e:
+    raise DataError(f"{archive}: not a readable zip archive ({_cause(e)})") from e
   with zf:
-    for info in zf.infolist():
-      name = _check_name(archive, info.filename)
+    infos = zf.infolist()
+    for info in infos:
+      _check_name(archive, info.filename)
       if (info.external_attr >> 16) & 0o170000 == 0o120000:
         raise DataError(f"{archive}: member {info.filename!r} is a symbolic link; refusing to extract")
+    # zipfile never writes more than a member's declared size: the sum bounds the output.
+    _check_space(archive, sum(i.file_size for i in infos if not i.is_dir()), dest)
+    for info in infos:
+      name = _check_name(archive, info.filename)
       if not name:
         continue
       out = os.path.join(dest, *name.split("/"))
-      if info.is_dir():
-        os.makedirs(out, exist_ok=True)
-        continue
-      os.makedirs(os.path.dirname(out), exist_ok=True)
-      with zf.open(info) as src, open(out, "wb") as dst:
-        shutil.copyfileobj(src, dst)
+      try:
+        if info.is_dir():
+          os.makedirs(out, exist_ok=True)
+          continue
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        with zf.open(info) as src, open(out, "wb") as dst:
+          shutil.copyfileobj(src, dst)
+      except _READ_ERRORS as e:
+        raise DataError(f"{archive}: cannot extract member {info.filename!r}: {_cause(e)}") from e
 
 
 def extract(archive: str, cache_dir: str = "") -> str:
@@ -103,8 +163,13 @@ def extract(archive: str, cache_dir: str = "") -> str:
   final = os.path.join(cache, f"{os.path.basename(archive)}-{key}")
   if os.path.isdir(final):
     return final
-  os.makedirs(cache, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".extract-", dir=cache)
+  try:
+    os.makedirs(cache, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".extract-", dir=cache)
+  except OSError as e:
+    raise DataError(f"{archive}: cannot create the extraction cache {cache} "
+                    f"({e.strerror or e}); set config.input.cache_dir to a writable "
+                    "directory") from e
   try:
     if archive.lower().endswith(".zip"):
       _extract_zip(archive, tmp)

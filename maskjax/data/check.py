@@ -6,8 +6,9 @@
 Decodes every image and mask fully (unlike training, which reads headers and
 end markers only) and reports corrupt, truncated and non-image files, unusual
 modes (16-bit, alpha, palette), missing and extra masks, masks of another size,
-and empty splits. Exit status: 0 clean, 1 problems found, 2 unusable arguments
-or dataset root.
+non-binary masks, dangling symbolic links and link loops, and empty splits.
+Exit status: 0 clean, 1 problems found, 2 could not check (unusable arguments,
+dataset root or archive; the reason in one line).
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ def main(argv=None) -> int:
   p.add_argument("--normal_dir", default="")
   p.add_argument("--abnormal_dir", default="")
   p.add_argument("--mask_dir", default="")
+  p.add_argument("--mask_values", default="auto", choices=("auto", "binary", "labels"),
+                 help="binary: masks hold 0 and one defect value; labels: any non-zero value "
+                 "is a defect; auto: labels for VisA, binary otherwise")
   args = p.parse_args(argv)
   fmt = args.format
   if not fmt:
@@ -45,11 +49,15 @@ def main(argv=None) -> int:
     fmt = ("archive" if archives.is_archive(args.root) else
            "visa" if sources._is_visa(args.root) else "mvtec")
   cfg = {"format": fmt, "data_dir": args.root, "categories": tuple(args.categories.split(",")),
-         "normal_dir": args.normal_dir, "abnormal_dir": args.abnormal_dir, "mask_dir": args.mask_dir}
+         "normal_dir": args.normal_dir, "abnormal_dir": args.abnormal_dir, "mask_dir": args.mask_dir,
+         "mask_values": args.mask_values}
   try:
     problems = check(cfg)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  except Exception as e:  # noqa: BLE001 - exit 1 means "problems found", never "crashed"
+    print(f"error: could not check {args.root}: {type(e).__name__}: {e}", file=sys.stderr)
     return 2
   for prob in problems:
     print(f"{prob.kind:16s} {prob}")

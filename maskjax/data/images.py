@@ -7,6 +7,8 @@ Conventions:
     downscaling. Grayscale ("L") images are repeated to 3 channels.
   * `load_mask` returns float32 [size, size] in {0, 1}: any non-zero pixel (in
     any channel, alpha ignored) is a defect; resized with nearest neighbour.
+    Masks with more than one non-zero value are reported when the dataset is
+    loaded unless `config.input.mask_values='labels'` says they are label maps.
 
 Image modes. 8-bit "L" and "RGB" are the normal case. 16-bit grayscale, images
 with an alpha channel (RGBA / LA), palette ("P") images and other modes are
@@ -48,6 +50,7 @@ SIXTEEN_BIT = "16bit"
 ALPHA = "alpha"
 PALETTE = "palette"
 UNSUPPORTED_MODE = "unsupported_mode"
+NON_BINARY_MASK = "non_binary_mask"
 UNUSUAL_KINDS = (SIXTEEN_BIT, ALPHA, PALETTE, UNSUPPORTED_MODE)
 
 
@@ -123,13 +126,16 @@ def mode_problem(mode: str) -> tuple[str, str] | None:
   return UNSUPPORTED_MODE, f"unsupported image mode {mode}"
 
 
-def inspect_file(path: str, *, full: bool = False, is_mask: bool = False
-                 ) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
+def inspect_file(path: str, *, full: bool = False, is_mask: bool = False,
+                 binary_mask: bool = True) -> tuple[ImageInfo | None, list[tuple[str, str]]]:
   """Check one image/mask file without raising.
 
   Returns (info or None, [(kind, message), ...]). `full` decodes every pixel;
   otherwise only the header and the end marker are read. Unusual modes are
-  reported for images only (`is_mask=False`).
+  reported for images only (`is_mask=False`). Masks are always decoded (they
+  are small): with `binary_mask`, a mask holding values other than 0 and one
+  defect value is reported (a gradient or compression noise would otherwise
+  turn most pixels into "defect").
   """
   problems: list[tuple[str, str]] = []
   ext = os.path.splitext(path)[1].lower()
@@ -161,6 +167,19 @@ def inspect_file(path: str, *, full: bool = False, is_mask: bool = False
     mp = mode_problem(img.mode)
     if mp:
       problems.append(mp)
+  elif binary_mask and not trunc:
+    try:
+      values = np.unique(_mask_values(img))
+    except Exception as e:  # noqa: BLE001
+      problems.append((CORRUPT, f"cannot decode mask data ({e})"))
+    else:
+      if values.size > 2 or (values.size == 2 and values[0] != 0):
+        shown = ", ".join(str(v) for v in values[:6]) + (", ..." if values.size > 6 else "")
+        problems.append((NON_BINARY_MASK,
+                         f"not a binary mask: {values.size} distinct values ({shown}), expected "
+                         "0 and one defect value (MVTec AD: 0 and 255). Binarise the file, or "
+                         "set config.input.mask_values='labels' if every non-zero value marks "
+                         "a defect"))
   return info, problems
 
 
@@ -227,10 +246,9 @@ def load_image(path: str, size: int, *, convert_unusual: bool = False) -> np.nda
   return np.ascontiguousarray(out, dtype=np.float32)
 
 
-def load_mask(path: str, size: int) -> np.ndarray:
-  """Decode a mask to float32 [size, size] in {0, 1} (non-zero = defect),
-  resized with nearest neighbour."""
-  img = _open_decoded(path)
+def _mask_values(img: Image.Image) -> np.ndarray:
+  """[H, W] values of a mask: palette colours resolved, alpha dropped, the
+  maximum over colour channels."""
   if img.mode == "P":
     img = img.convert("RGB")
   arr = np.asarray(img)
@@ -238,6 +256,14 @@ def load_mask(path: str, size: int) -> np.ndarray:
     if img.mode in ("RGBA", "LA", "PA"):
       arr = arr[..., :-1]
     arr = arr.max(axis=-1)
+  return arr
+
+
+def load_mask(path: str, size: int) -> np.ndarray:
+  """Decode a mask to float32 [size, size] in {0, 1} (non-zero = defect),
+  resized with nearest neighbour. Whether a mask may hold several non-zero
+  values is checked when the splits are loaded (`inspect_file`)."""
+  arr = _mask_values(_open_decoded(path))
   binary = Image.fromarray(((arr != 0) * 255).astype(np.uint8), mode="L")
   if binary.size != (size, size):
     binary = binary.resize((size, size), Image.NEAREST)

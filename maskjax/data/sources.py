@@ -49,6 +49,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import csv
+import errno
 import fnmatch
 import os
 import zlib
@@ -63,6 +64,8 @@ from maskjax.errors import ConfigError, DataError
 
 FORMATS = ("mvtec", "visa", "folder", "archive", "tfds", "multi")
 MISSING_MASK = "missing_mask"
+DANGLING_LINK = "dangling_link"
+LINK_LOOP = "link_loop"
 EXTRA_MASK = "extra_mask"
 MASK_SIZE = "mask_size"
 BAD_CSV = "bad_csv_row"
@@ -102,9 +105,36 @@ def _is_hidden(name: str) -> bool:
   return name.startswith(".") or name in ("Thumbs.db", "desktop.ini")
 
 
-def _files(d: str) -> list[str]:
-  return sorted(os.path.join(d, f) for f in os.listdir(d)
-                if not _is_hidden(f) and os.path.isfile(os.path.join(d, f)))
+def _link_problem(path: str) -> Problem | None:
+  """A Problem when `path` is a symbolic link that leads nowhere (or in a circle)."""
+  if not os.path.islink(path) or os.path.exists(path):
+    return None
+  try:
+    os.stat(path)
+  except OSError as e:
+    if e.errno == errno.ELOOP:
+      return Problem(LINK_LOOP, path, "symbolic link loop (the link leads back to itself); "
+                     "replace it with the file it should point to")
+  return Problem(DANGLING_LINK, path, f"dangling symbolic link to {os.readlink(path)!r} "
+                 "(the target does not exist)")
+
+
+def _files(d: str, problems: list[Problem] | None = None) -> list[str]:
+  """Sorted regular files of `d`. Broken links are listed too (so they count
+  as files of the dataset) and reported in `problems`."""
+  out = []
+  for f in os.listdir(d):
+    p = os.path.join(d, f)
+    if _is_hidden(f):
+      continue
+    bad = _link_problem(p)
+    if bad is not None:
+      if problems is not None:
+        problems.append(bad)
+      out.append(p)
+    elif os.path.isfile(p):
+      out.append(p)
+  return sorted(out)
 
 
 def _stem(path: str) -> str:
@@ -240,14 +270,14 @@ def _scan_mvtec(cat: _Cat, name: str, problems: list[Problem]) -> list[_Raw]:
   out = []
   train_dir = os.path.join(cdir, "train", "good")
   if os.path.isdir(train_dir):
-    out += [_Raw(p, None, 0, name, "good", "train") for p in _files(train_dir)]
+    out += [_Raw(p, None, 0, name, "good", "train") for p in _files(train_dir, problems)]
   test_dir, gt_dir = os.path.join(cdir, "test"), os.path.join(cdir, "ground_truth")
   masks: dict[tuple[str, str], str] = {}
   if os.path.isdir(gt_dir):
     for defect in sorted(os.listdir(gt_dir)):
       d = os.path.join(gt_dir, defect)
       if os.path.isdir(d) and not _is_hidden(defect):
-        for p in _files(d):
+        for p in _files(d, problems):
           s = _stem(p)
           masks[(defect, s[:-5] if s.endswith("_mask") else s)] = p
   used = set()
@@ -256,7 +286,7 @@ def _scan_mvtec(cat: _Cat, name: str, problems: list[Problem]) -> list[_Raw]:
       d = os.path.join(test_dir, defect)
       if not os.path.isdir(d) or _is_hidden(defect):
         continue
-      for p in _files(d):
+      for p in _files(d, problems):
         if defect == "good":
           out.append(_Raw(p, None, 0, name, "good", "test"))
           continue
@@ -294,7 +324,8 @@ def _scan_visa(cat: _Cat, name: str, problems: list[Problem], cache: dict) -> li
       else:
         used_masks.add(os.path.normpath(mask))
     if not os.path.isfile(img):
-      problems.append(Problem(images.CORRUPT, img, "listed in split_csv/1cls.csv but missing"))
+      problems.append(_link_problem(img) or
+                      Problem(images.CORRUPT, img, "listed in split_csv/1cls.csv but missing"))
     out.append(_Raw(img, mask, label, name, "anomaly" if label else "good", row["split"]))
   mdir = os.path.join(cat.root, cat.native, "Data", "Masks", "Anomaly")
   if os.path.isdir(mdir):
@@ -316,11 +347,11 @@ def _scan_folder(input_cfg, cat: _Cat, name: str, seed: int, problems: list[Prob
   for key, d in (("normal_dir", normal_dir), ("abnormal_dir", abnormal_dir)):
     if not d or not os.path.isdir(d):
       raise ConfigError(f"config.input.{key}={d!r}: the folder format needs an existing directory")
-  normals = _files(normal_dir)
+  normals = _files(normal_dir, problems)
   out = []
   if test_normal_dir:
     out += [_Raw(p, None, 0, name, "good", "train") for p in normals]
-    out += [_Raw(p, None, 0, name, "good", "test") for p in _files(test_normal_dir)]
+    out += [_Raw(p, None, 0, name, "good", "test") for p in _files(test_normal_dir, problems)]
   else:
     frac = float(_get(input_cfg, "folder_test_normal_fraction", 0.2))
     rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])
@@ -335,13 +366,16 @@ def _scan_folder(input_cfg, cat: _Cat, name: str, seed: int, problems: list[Prob
     for dirpath, _, fnames in sorted(os.walk(mask_dir)):
       sub = os.path.relpath(dirpath, mask_dir)
       for f in sorted(fnames):
-        if not _is_hidden(f):
+        bad = _link_problem(os.path.join(dirpath, f))
+        if bad is not None:
+          problems.append(bad)
+        elif not _is_hidden(f):
           s = _stem(f)
           masks[("" if sub == "." else sub, s[:-5] if s.endswith("_mask") else s)] = os.path.join(dirpath, f)
-  abn = [("", p) for p in _files(abnormal_dir)]
+  abn = [("", p) for p in _files(abnormal_dir, problems)]
   for sub in sorted(os.listdir(abnormal_dir)):
     if os.path.isdir(os.path.join(abnormal_dir, sub)) and not _is_hidden(sub):
-      abn += [(sub, p) for p in _files(os.path.join(abnormal_dir, sub))]
+      abn += [(sub, p) for p in _files(os.path.join(abnormal_dir, sub), problems)]
   used = set()
   for sub, p in abn:
     m = None
@@ -361,14 +395,21 @@ def _scan_folder(input_cfg, cat: _Cat, name: str, seed: int, problems: list[Prob
   return out
 
 
-def _check_files(raws: list[_Raw], full: bool, problems_by_path: dict[str, list[Problem]]) -> None:
-  """Inspect every image and mask (threads: PIL and file reads release the GIL)."""
+def _readable(path: str) -> bool:
+  return path.startswith("tfds://") or os.path.isfile(path)
+
+
+def _check_files(raws: list[_Raw], full: bool, problems_by_path: dict[str, list[Problem]],
+                 binary_masks: dict[str, bool]) -> None:
+  """Inspect every image and mask (threads: PIL and file reads release the GIL).
+  `binary_masks[category]`: masks must hold only 0 and one defect value."""
   def one(r: _Raw) -> list[Problem]:
     probs = []
     info, ps = images.inspect_file(r.path, full=full)
     probs += [Problem(k, r.path, m) for k, m in ps]
-    if r.mask_path:
-      minfo, mps = images.inspect_file(r.mask_path, full=full, is_mask=True)
+    if r.mask_path and _readable(r.mask_path):
+      minfo, mps = images.inspect_file(r.mask_path, full=full, is_mask=True,
+                                       binary_mask=binary_masks.get(r.category, True))
       probs += [Problem(k, r.mask_path, "mask: " + m) for k, m in mps]
       if info and minfo and (info.width, info.height) != (minfo.width, minfo.height):
         probs.append(Problem(MASK_SIZE, r.mask_path,
@@ -418,6 +459,7 @@ def scan(input_cfg, seed: int = 0, *, full: bool = False, check_files: bool = Tr
   """
   patterns = _get(input_cfg, "categories", ("*",))
   problems: list[Problem] = []
+  avail: dict[str, _Cat] = {}
   if _get(input_cfg, "format", "mvtec") == "tfds":
     cats, raws = _scan_tfds(input_cfg, patterns)
   else:
@@ -435,11 +477,24 @@ def scan(input_cfg, seed: int = 0, *, full: bool = False, check_files: bool = Tr
         raws += _scan_folder(input_cfg, cat, name, seed, problems)
   if check_files:
     by_path: dict[str, list[Problem]] = {}
-    _check_files([r for r in raws if os.path.isfile(r.path) or r.path.startswith("tfds://")],
-                 full, by_path)
+    _check_files([r for r in raws if _readable(r.path)], full, by_path,
+                 _binary_masks(input_cfg, cats, avail))
     for r in raws:
       problems += by_path.get(r.path, [])
   return cats, raws, problems
+
+
+MASK_VALUES = ("auto", "binary", "labels")
+
+
+def _binary_masks(input_cfg, cats: list[str], avail: dict[str, _Cat]) -> dict[str, bool]:
+  """Per category: must its masks be binary (`config.input.mask_values`)?"""
+  mode = _get(input_cfg, "mask_values", "auto")
+  if mode not in MASK_VALUES:
+    raise ConfigError(f"config.input.mask_values={mode!r} is not one of {', '.join(MASK_VALUES)}")
+  if mode != "auto":
+    return {c: mode == "binary" for c in cats}
+  return {c: not (c in avail and avail[c].fmt == "visa") for c in cats}
 
 
 def _raise_problems(problems: list[Problem], where: str) -> None:
@@ -484,6 +539,11 @@ def load_splits(input_cfg, seed: int) -> Splits:
       raise DataError(f"{where}: category {c!r} has an empty {empty} split"
                       f"{' after skipping bad files' if problems else ''}; a category needs "
                       "training normals and test images")
+    if val_fraction > 0 and len(tr) < 2:
+      raise DataError(f"{where}: category {c!r} has {len(tr)} training image"
+                      f"{' after skipping bad files' if problems else ''}; at least 2 are "
+                      "needed (one to train on, one held out to fit the decision threshold, "
+                      f"config.input.val_fraction={val_fraction})")
     n_val = 0
     if val_fraction > 0 and len(tr) >= 2:
       n_val = min(max(1, int(round(val_fraction * len(tr)))), len(tr) - 1)

@@ -58,4 +58,12 @@ def get_method_class(name: str):
 
 
 def build_method(config):
-  return get_method_class(config.method.name)(config)
+  cls = get_method_class(config.method.name)
+  init_from = str(config.model.init_from) if "init_from" in config.model else ""
+  if init_from and not cls.uses_init_from:
+    raise ConfigError(
+        f"config.model.init_from={init_from!r}: method {cls.name!r} has no pretrained part "
+        "that reads it (it would be ignored); leave it empty"
+        + ("; EAR's saliency ViT reads config.model.saliency_init_from"
+           if "saliency_init_from" in config.model else ""))
+  return cls(config)

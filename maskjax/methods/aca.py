@@ -311,6 +311,7 @@ def _dotted(path) -> str:
 @methods.register
 class Aca(Method):
   name = "aca"
+  uses_init_from = True
   supports_accumulation = False  # EMA teacher + prototype renormalisation per step
 
   def __init__(self, config):

@@ -84,6 +84,9 @@ class Method:
   #: whether the method's train steps honour `config.optim.accum_steps`
   #: (`train_utils.value_and_grad_accum`); the loop refuses accum_steps > 1 otherwise.
   supports_accumulation: bool = True
+  #: whether the method reads `config.model.init_from` (pretrained weights);
+  #: the loop refuses a non-empty value for a method that would ignore it.
+  uses_init_from: bool = False
 
   def __init__(self, config):
     self.config = config

@@ -210,6 +210,7 @@ def count_categories(input_cfg) -> int:
 @methods.register
 class Mala(Method):
   name = "mala"
+  uses_init_from = True
   supports_accumulation = False  # stage 1 interleaves two optimisers (MAE, PLPM) per step
 
   def __init__(self, config):

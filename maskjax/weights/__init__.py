@@ -137,8 +137,16 @@ def read_meta(path: str) -> dict[str, Any]:
     raise CheckpointError(
         f"{path} is not a converted maskjax checkpoint (no {META_FILE}); convert a PyTorch "
         f".pth first: python -m maskjax.weights.convert IN.pth OUT_DIR --arch NAME")
-  with open(meta_path) as f:
-    return json.load(f)
+  try:
+    with open(meta_path, encoding="utf-8") as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f"{meta_path} is not readable JSON ({type(e).__name__}: {e}); "
+                          "convert the checkpoint again") from e
+  if not isinstance(meta, dict):
+    raise CheckpointError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}; "
+                          "convert the checkpoint again")
+  return meta
 
 
 def read(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:

@@ -129,7 +129,21 @@ def load_torch_state_dict(path: str, which: str = "teacher") -> tuple[dict[str, 
     if not hasattr(v, "detach"):
       raise CheckpointError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor")
     key = k[len("module."):] if k.startswith("module.") else k
-    sd[key] = v.detach().to(torch.float32).cpu().numpy()
+    if v.is_complex():
+      raise CheckpointError(f"{path}: entry {k!r} is a complex tensor ({v.dtype}); "
+                            "weights must be real floating point")
+    if not v.is_floating_point():
+      if key.endswith("num_batches_tracked"):  # BatchNorm's counter, not a weight
+        notes.append(f"dropped the counter {key}")
+        continue
+      raise CheckpointError(f"{path}: entry {k!r} is an integer/bool tensor ({v.dtype}); "
+                            "weights must be floating point")
+    arr = v.detach().to(torch.float32).cpu().numpy()
+    bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+    if bad:
+      raise CheckpointError(f"{path}: entry {k!r} holds {bad} non-finite value(s) (NaN/Inf) "
+                            f"of {arr.size}; the checkpoint is damaged")
+    sd[key] = arr
   return sd, notes
 
 
