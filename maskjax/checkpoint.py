@@ -26,7 +26,10 @@ step, at the save that failed or at the next `check()` / `wait()`.
 from __future__ import annotations
 
 import errno
+import logging as logging_std
 import os
+import re
+import sys
 from typing import Any, Optional
 
 import orbax.checkpoint as ocp
@@ -58,6 +61,8 @@ class StageCheckpointer:
         create=not read_only,
         read_only=self.read_only)
     self._pending: Optional[int] = None   # step of a save that may still be running
+    if not read_only:
+      _ignore_closed_loop_errors()
     try:
       self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("state", "data", "meta"))
@@ -91,6 +96,9 @@ class StageCheckpointer:
              "meta": ocp.args.JsonSave(dict(meta, step=int(step)))}
     if data_iterator is not None and _GrainSave is not None:
       items["data"] = _GrainSave(data_iterator)
+    if self._pending is not None:  # Orbax waits for it anyway; this names its step on failure
+      with self._save_errors(self._pending):
+        self._mngr.wait_until_finished()
     with self._save_errors(int(step)):
       self._mngr.save(int(step), args=ocp.args.Composite(**items), force=True)
     self._pending = int(step)
@@ -157,6 +165,9 @@ class _SaveErrors:
       return False
     good = [s for s in self.ckpt.committed_steps() if s != self.step]
     cause = _root_cause(e)
+    # The other writes of the failed save end the same way; asyncio would print
+    # each as "Task exception was never retrieved" at exit, burying this line.
+    logging_std.getLogger("asyncio").setLevel(logging_std.CRITICAL)
     text = _os_text(cause) if isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
     what = f"step {self.step}" if self.step >= 0 else "a checkpoint"
     self.ckpt._pending = None
@@ -166,8 +177,26 @@ class _SaveErrors:
         "rerun the same command to resume from it") from e
 
 
+def _ignore_closed_loop_errors() -> None:
+  """When a background save fails, TensorStore's remaining write callbacks find
+  Orbax's event loop closed and print one traceback each through
+  `sys.excepthook`; the failure itself is reported by `_SaveErrors`, so these
+  (and only these) are dropped."""
+  previous = sys.excepthook
+  if getattr(previous, "_maskjax_quiet", False):
+    return
+
+  def hook(typ, value, tb):
+    if typ is RuntimeError and "Event loop is closed" in str(value):
+      return
+    previous(typ, value, tb)
+  hook._maskjax_quiet = True
+  sys.excepthook = hook
+
+
 def _root_cause(e: BaseException) -> BaseException:
-  """The first OSError in an exception's chain (causes, contexts, groups), else `e`."""
+  """The first OSError in an exception's chain (causes, contexts, groups), else
+  the OS error code TensorStore puts in its messages, else `e`."""
   seen, todo = set(), [e]
   while todo:
     x = todo.pop(0)
@@ -177,6 +206,10 @@ def _root_cause(e: BaseException) -> BaseException:
     if isinstance(x, OSError) and x.errno:
       return x
     todo += list(getattr(x, "exceptions", ()) or ()) + [x.__cause__, x.__context__]
+  m = re.search(r"os_error_code='?(\d+)", str(e))
+  if m:
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code))
   return e
 
 

@@ -108,8 +108,16 @@ def _parse_flags(argv):
 def _quiet_libraries(record) -> bool:
   """Keep INFO lines of maskjax; libraries (Orbax, grain, ...) only from WARNING up."""
   path = getattr(record, "pathname", "") or ""
-  if "Given directory is read only" in str(getattr(record, "msg", "")):
+  msg = str(getattr(record, "msg", ""))
+  if "Given directory is read only" in msg:
     return False  # Orbax's note on our read-only (eval / predict) checkpoint opens
+  if "orbax" in path and ("raised an exception" in msg or "save" in msg.lower()):
+    # a failed (background) save: the checkpointer re-raises it as one line
+    return record.levelno < 40 and _library_info(record, path)
+  return _library_info(record, path)
+
+
+def _library_info(record, path: str) -> bool:
   return record.levelno >= 30 or "maskjax" in path or "site-packages" not in path
 
 

@@ -234,6 +234,12 @@ def worker_main(argv=None) -> None:
   p.add_argument("--checkpoint_every", type=int, default=4)
   p.add_argument("--delay", type=float, default=0.0)
   p.add_argument("--batch_size", type=int, default=8)
+  p.add_argument("--mode", default="train", choices=("train", "eval", "predict"))
+  p.add_argument("--lr", type=float, default=None, help="toy: config.optim.lr")
+  p.add_argument("--evaluate", action="store_true", help="train mode: evaluate afterwards")
+  p.add_argument("--output_dir", default=None)
+  p.add_argument("--predict_dir", default=None)
+  p.add_argument("--allow_config_change", action="store_true")
   args = p.parse_args(argv)
   from absl import logging as absl_logging
   absl_logging.set_verbosity(absl_logging.INFO)
@@ -243,7 +249,10 @@ def worker_main(argv=None) -> None:
   from maskjax import train
   if args.method == "toy":
     cfg = toy_config(**{"train.steps": args.steps, "train.checkpoint_every":
-                        args.checkpoint_every, "input.batch_size": args.batch_size})
+                        args.checkpoint_every, "input.batch_size": args.batch_size,
+                        "eval.plots": False})
+    if args.lr is not None:
+      cfg.optim.lr = args.lr
     data = _SlowData(args.delay) if args.delay else ToyData()
   else:
     import importlib.util
@@ -264,7 +273,20 @@ def worker_main(argv=None) -> None:
     cfg.train.checkpoint_every = args.checkpoint_every
     cfg.train.progress_bar = False
     data = None
-  res = train.run(cfg, args.workdir, data=data, evaluate_after_train=False)
+  import logging as logging_std
+
+  from maskjax.errors import UserError
+  from maskjax.main import _fail, _quiet_libraries  # the CLI's one-line error, its log filter
+  logging_std.getLogger("absl").addFilter(_quiet_libraries)
+  try:
+    res = train.run(cfg, args.workdir, mode=args.mode, data=data,
+                    evaluate_after_train=args.evaluate, output_dir=args.output_dir,
+                    predict_dir=args.predict_dir,
+                    allow_config_change=args.allow_config_change)
+  except UserError as e:
+    _fail(str(e))
+  if "state" not in res:
+    return
   np.savez(args.out, **_flat_params(res["state"]))
   with open(args.out + ".json", "w") as f:
     json.dump({"process_index": jax.process_index(), "process_count": jax.process_count(),
