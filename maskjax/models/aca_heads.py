@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskjax.models import init_utils
+
 Array = jax.Array
 
 
@@ -34,7 +36,7 @@ class ProjectionHead(nnx.Module):
                dtype=jnp.float32, rngs: nnx.Rngs):
     nlayers = max(int(nlayers), 1)
     dims = [in_dim] + [hidden] * (nlayers - 1) + [out_dim]
-    init = nnx.initializers.truncated_normal(0.02)
+    init = init_utils.fast(nnx.initializers.truncated_normal(0.02))
     self.mlp = nnx.List([
         nnx.Linear(a, b, kernel_init=init, bias_init=nnx.initializers.zeros, dtype=dtype,
                    param_dtype=jnp.float32, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])
@@ -59,7 +61,7 @@ class ClassHead(nnx.Module):
                rngs: nnx.Rngs):
     nlayers = max(int(nlayers), 1)
     dims = [dim] + [int(hidden)] * (nlayers - 1) + [2]
-    init = nnx.initializers.truncated_normal(0.02)
+    init = init_utils.fast(nnx.initializers.truncated_normal(0.02))
     self.mlp = nnx.List([
         nnx.Linear(a, b, kernel_init=init, bias_init=nnx.initializers.zeros, dtype=dtype,
                    param_dtype=jnp.float32, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])

@@ -33,6 +33,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskjax.models import init_utils
+
+# Flax's default kernel init with chunked random bits (same values, faster jit).
+_KINIT = init_utils.lecun_normal()
+
 
 class ConvBNAct(nnx.Module):
   """conv k x k (zero padding k//2, given stride) -> BatchNorm -> LeakyReLU."""
@@ -41,7 +46,7 @@ class ConvBNAct(nnx.Module):
                *, rngs: nnx.Rngs):
     p = kernel_size // 2
     self.conv = nnx.Conv(cin, cout, (kernel_size, kernel_size), strides=(stride, stride),
-                         padding=((p, p), (p, p)), rngs=rngs)
+                         padding=((p, p), (p, p)), kernel_init=_KINIT, rngs=rngs)
     self.bn = nnx.BatchNorm(cout, momentum=0.9, epsilon=1e-5, rngs=rngs)
     self.negative_slope = negative_slope
 
@@ -82,7 +87,8 @@ class EarUNet(nnx.Module):
       cin = w + sw
     self.decoder = nnx.List(dec)
     p = k // 2
-    self.out = nnx.Conv(cin, out_channels, (k, k), padding=((p, p), (p, p)), rngs=rngs)
+    self.out = nnx.Conv(cin, out_channels, (k, k), padding=((p, p), (p, p)), kernel_init=_KINIT,
+                        rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     h, w = x.shape[1:3]

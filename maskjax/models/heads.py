@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskjax.models import init_utils
+
 Array = jax.Array
 
 
@@ -32,7 +34,7 @@ class WeightNormLinear(nnx.Module):
   def __init__(self, in_dim: int, out_dim: int, *, train_g: bool = False, dtype=jnp.float32,
                rngs: nnx.Rngs):
     self.dtype = dtype
-    self.weight_v = nnx.Param(nnx.initializers.truncated_normal(0.02)(
+    self.weight_v = nnx.Param(init_utils.fast(nnx.initializers.truncated_normal(0.02))(
         rngs.params(), (in_dim, out_dim), jnp.float32))
     g = jnp.ones((out_dim,), jnp.float32)
     self.weight_g = nnx.Param(g) if train_g else FrozenParam(g)
@@ -51,7 +53,7 @@ class DINOHead(nnx.Module):
                rngs: nnx.Rngs):
     nlayers = max(int(nlayers), 1)
     dims = [in_dim] + [hidden] * (nlayers - 1) + [bottleneck]
-    init = nnx.initializers.truncated_normal(0.02)
+    init = init_utils.fast(nnx.initializers.truncated_normal(0.02))
     self.mlp = nnx.List([
         nnx.Linear(a, b, kernel_init=init, bias_init=nnx.initializers.zeros, dtype=dtype,
                    param_dtype=jnp.float32, rngs=rngs) for a, b in zip(dims[:-1], dims[1:])])

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskjax.models import init_utils
 from maskjax.models import vit as vit_lib
 
 Array = jax.Array
@@ -77,8 +78,8 @@ class MAE(nnx.Module):
     self.decoder_embed = nnx.Linear(encoder.dim, decoder_dim,
                                     kernel_init=nnx.initializers.xavier_uniform(), dtype=dtype,
                                     param_dtype=jnp.float32, rngs=rngs)
-    self.mask_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, decoder_dim),
-                                                         jnp.float32))
+    self.mask_token = nnx.Param(0.02 * jax.random.normal(init_utils.rekey(rngs.params()),
+                                                         (1, 1, decoder_dim), jnp.float32))
     side = encoder.img_size // encoder.patch
     self.decoder_pos_embed = vit_lib.FixedEmbed(
         jnp.asarray(vit_lib.sincos_2d(decoder_dim, (side, side))))

@@ -29,11 +29,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskjax.models import init_utils
+
 Array = jax.Array
 
 
 def _xavier():
-  return nnx.initializers.xavier_uniform()
+  return init_utils.fast(nnx.initializers.xavier_uniform())
 
 
 class PLPMDiscriminator(nnx.Module):
@@ -50,7 +52,7 @@ class PLPMDiscriminator(nnx.Module):
       cout = width * min(2 ** i, 8)
       convs.append(nnx.Conv(cin, cout, kernel_size=(4, 4), strides=(2, 2),
                             padding=((1, 1), (1, 1)), dtype=dtype, param_dtype=jnp.float32,
-                            rngs=rngs))
+                            kernel_init=init_utils.lecun_normal(), rngs=rngs))
       cin = cout
     self.convs = nnx.List(convs)
     self.out = nnx.Linear(cin, 1, kernel_init=_xavier(), dtype=jnp.float32,

@@ -41,7 +41,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskjax.models import init_utils
+
 _P1 = ((1, 1), (1, 1))
+# Flax's default (lecun-normal) kernel init with chunked random bits: same values,
+# a fraction of the jit compile time (see maskjax.models.init_utils).
+_KINIT = init_utils.lecun_normal()
 
 
 def _bn(ch: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -54,7 +59,7 @@ class ConvBNReLU(nnx.Module):
   def __init__(self, cin: int, cout: int, *, kernel: int = 3, stride: int = 1,
                rngs: nnx.Rngs):
     self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=(stride, stride), padding=_P1,
-                         rngs=rngs)
+                         kernel_init=_KINIT, rngs=rngs)
     self.bn = _bn(cout, rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -72,9 +77,9 @@ class Up(nnx.Module):
     if mode == "transpose":
       # lax.conv_transpose "SAME" with k=4, s=2 pads (2, 2) = PyTorch padding=1.
       self.conv = nnx.ConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding="SAME",
-                                    rngs=rngs)
+                                    kernel_init=_KINIT, rngs=rngs)
     else:
-      self.conv = nnx.Conv(cin, cout, (3, 3), padding=_P1, rngs=rngs)
+      self.conv = nnx.Conv(cin, cout, (3, 3), padding=_P1, kernel_init=_KINIT, rngs=rngs)
     self.bn = _bn(cout, rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -93,9 +98,9 @@ class MaskAttention(nnx.Module):
 
   def __init__(self, ch: int, *, rngs: nnx.Rngs):
     self.bn_in = _bn(ch, rngs)
-    self.conv1 = nnx.Conv(ch + 1, ch, (3, 3), padding=_P1, rngs=rngs)
+    self.conv1 = nnx.Conv(ch + 1, ch, (3, 3), padding=_P1, kernel_init=_KINIT, rngs=rngs)
     self.bn_mid = _bn(ch, rngs)
-    self.conv2 = nnx.Conv(ch, ch, (3, 3), padding=_P1, rngs=rngs)
+    self.conv2 = nnx.Conv(ch, ch, (3, 3), padding=_P1, kernel_init=_KINIT, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
     b, h, w, _ = x.shape
@@ -143,7 +148,8 @@ class _UNetBody(nnx.Module):
     if mam:
       self.mam = nnx.List([MaskAttention(widths[-1], rngs=rngs)] + [
           MaskAttention(widths[l], rngs=rngs) for l in range(len(widths) - 2, -1, -1)])
-    self.out = nnx.Conv(widths[0], out_channels, (3, 3), padding=_P1, rngs=rngs)
+    self.out = nnx.Conv(widths[0], out_channels, (3, 3), padding=_P1, kernel_init=_KINIT,
+                        rngs=rngs)
 
   def __call__(self, x: jax.Array, mask, train: bool) -> jax.Array:
     b, h, w, _ = x.shape

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from maskjax.models import init_utils
+
 Array = jax.Array
 
 VIT_CONFIGS: dict[str, dict[str, Any]] = {
@@ -143,7 +145,8 @@ def interpolate_pos_embed(pos_embed: Array, grid_hw: tuple[int, int]) -> Array:
 # layers
 # ----------------------------------------------------------------------------
 def _xavier():
-  return nnx.initializers.xavier_uniform()
+  # chunked random bits: the same values as xavier_uniform, faster to jit (init_utils)
+  return init_utils.fast(nnx.initializers.xavier_uniform())
 
 
 class PatchEmbed(nnx.Module):
@@ -240,9 +243,10 @@ class ViT(nnx.Module):
     self.img_size, self.pos_embed_kind, self.dtype = img_size, pos_embed, dtype
     side = img_size // patch
     self.patch_embed = PatchEmbed(patch, dim, dtype=dtype, rngs=rngs)
-    self.cls_token = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, 1, dim), jnp.float32))
+    self.cls_token = nnx.Param(0.02 * jax.random.normal(init_utils.rekey(rngs.params()),
+                                                          (1, 1, dim), jnp.float32))
     if pos_embed == "learned":
-      self.pos_embed = nnx.Param(nnx.initializers.truncated_normal(0.02)(
+      self.pos_embed = nnx.Param(init_utils.fast(nnx.initializers.truncated_normal(0.02))(
           rngs.params(), (1, 1 + side * side, dim), jnp.float32))
     else:
       self.pos_embed = FixedEmbed(jnp.asarray(sincos_2d(dim, (side, side))))
