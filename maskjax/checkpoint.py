@@ -151,6 +151,12 @@ class StageCheckpointer:
     logging.debug("closed checkpoint manager %s", self.directory)
 
 
+#: set when a save failed: TensorStore threads of that save may still be
+#: unwinding, so the CLI ends the process without the interpreter's shutdown
+#: (which would print their closed-event-loop tracebacks after the error line).
+SAVE_FAILED = False
+
+
 class _SaveErrors:
   """Turns any exception of an (async) save into one CheckpointError line."""
 
@@ -171,6 +177,8 @@ class _SaveErrors:
     text = _os_text(cause) if isinstance(cause, OSError) else f"{type(cause).__name__}: {cause}"
     what = f"step {self.step}" if self.step >= 0 else "a checkpoint"
     self.ckpt._pending = None
+    global SAVE_FAILED
+    SAVE_FAILED = True
     raise CheckpointError(
         f"saving {what} to {self.ckpt.directory} failed: {text}; last good checkpoint: "
         + (f"step {good[-1]}" if good else "none") + ". Free space / fix the directory, then "

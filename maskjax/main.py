@@ -20,6 +20,7 @@ exit with status 2.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from absl import app, flags, logging
@@ -50,7 +51,16 @@ flags.DEFINE_integer("process_id", None, "multi-host: index of this process.")
 def _fail(msg: str) -> None:
   msg = " ".join(str(msg).split())  # one line
   print(f"maskjax: error: {msg}", file=sys.stderr)
+  if _after_failed_save():
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(2)  # see maskjax.checkpoint.SAVE_FAILED; every file was closed before
   sys.exit(2)
+
+
+def _after_failed_save() -> bool:
+  ckpt = sys.modules.get("maskjax.checkpoint")
+  return bool(ckpt is not None and getattr(ckpt, "SAVE_FAILED", False))
 
 
 def main(argv) -> None:

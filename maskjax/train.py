@@ -640,7 +640,8 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
                                "--output_dir" if output_dir else "--workdir")
     if output_dir is None:
       fileio.ensure_writable_dir(workdir, "--workdir")
-  if mode == "predict":  # read-only use of the run: no lock, its own output directory
+  if mode == "predict" or (mode == "eval" and output_dir):
+    # read-only use of the run (outputs go elsewhere): no lock, safe beside a writer
     check_workdir(config, workdir, write=False, allow_config_change=allow_config_change)
     return _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train,
                        output_dir)

@@ -1,12 +1,13 @@
 """What a run directory is: one run, one writer at a time, its config history.
 
-Lock. `train` and `eval` hold an exclusive `flock` on `<workdir>/.maskjax.lock`
-for their whole life (process 0 only, the one that writes). A second writer
-fails at once with one line naming the holder's pid, host and mode. The kernel
-drops the lock when its process dies (kill -9 included), so a stale lock file
-never blocks a resume; its content is only informational. `predict` writes
-into its own output directory and opens checkpoints read-only: it needs no
-lock and may run beside a training run.
+Lock. `train`, and `eval` writing into the workdir, hold an exclusive `flock`
+on `<workdir>/.maskjax.lock` for their whole life (process 0 only, the one that
+writes). A second writer fails at once with one line naming the holder's pid,
+host and mode. The kernel drops the lock when its process dies (kill -9
+included), so a stale lock file never blocks a resume; its content is only
+informational. `predict`, and `eval --output_dir`, write elsewhere and open
+checkpoints read-only: they need no lock, work on a read-only workdir and may
+run beside a training run.
 
 Identity. `config.json` records the config of the run. A later command in the
 same workdir is compared key by key with it:
