@@ -55,6 +55,14 @@ def flops_of(compiled):
     return None
 
 
+def _cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor()
+
+
 def main() -> None:
   ap = argparse.ArgumentParser()
   ap.add_argument("--model", choices=("tiny", "full"), default="tiny")
@@ -63,6 +71,7 @@ def main() -> None:
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--rounds", type=int, default=3)
+  ap.add_argument("--out", default="")
   args = ap.parse_args()
 
   dev = jax.devices()[0]
@@ -125,11 +134,12 @@ def main() -> None:
       "machine": {"platform": platform.platform(), "processor": platform.processor(),
                   "cpu_count": os.cpu_count(), "python": platform.python_version(),
                   "jax": jax.__version__, "backend": dev.platform,
-                  "device": dev.device_kind, "num_devices": jax.device_count()},
+                  "device": dev.device_kind, "num_devices": jax.device_count(),
+                  "cpu_model": _cpu_model(), "load_avg_end": list(os.getloadavg())},
       "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
   }
-  out = os.path.join(HERE, "results",
-                     f"aca_pretrain_{'gpu' if dev.platform == 'gpu' else 'cpu'}.json")
+  out = args.out or os.path.join(HERE, "results",
+                                 f"aca_pretrain_{'gpu' if dev.platform == 'gpu' else 'cpu'}.json")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=2)

@@ -46,6 +46,7 @@ def main() -> None:
   ap.add_argument("--seconds", type=float, default=12.0)
   ap.add_argument("--workers", default="0,1,2,4")
   ap.add_argument("--num_images", type=int, default=24)
+  ap.add_argument("--out", default="")
   args = ap.parse_args()
   import jax
   root = tempfile.mkdtemp(prefix="maskjax-bench-")
@@ -79,7 +80,8 @@ def main() -> None:
             f"batch {BATCH}, images per second",
     "machine": {"platform": platform.platform(), "processor": platform.processor(),
                 "cpu_count": cpus, "python": platform.python_version(),
-                "jax": jax.__version__, "device": str(jax.devices()[0])},
+                "jax": jax.__version__, "device": str(jax.devices()[0]),
+                "load_avg_end": list(os.getloadavg())},
     "results": rows,
     "per_core_images_per_s": round(best / cpus, 1),
   }
@@ -87,7 +89,9 @@ def main() -> None:
   for r in rows:
     print(f"{r['workers']:>8} {r['images']:>8} {r['seconds']:>8} {r['images_per_s']:>9}")
   print(f"per core (best / {cpus} cores): {result['per_core_images_per_s']} images/s")
-  out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "data_pipeline_cpu.json")
+  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                 "data_pipeline_cpu.json")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, "w") as f:
     json.dump(result, f, indent=2)
   print("wrote", out)

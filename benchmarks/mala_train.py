@@ -101,6 +101,7 @@ def main() -> None:
   p.add_argument("--batch2", type=int, default=32, help="stage-2 batch")
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--stages", default="", help="comma-separated stage names (default: all)")
   p.add_argument("--out", default="")
   args = p.parse_args()
 
@@ -112,7 +113,10 @@ def main() -> None:
   peak = peak_for(dev.device_kind, args.dtype) if dev.platform == "gpu" else None
   rows = {}
   prev = None
+  wanted = [x for x in args.stages.split(",") if x]
   for stage in stages:
+    if wanted and stage.name not in wanted:
+      break
     prev, r = time_stage(stage, prev, method.img, args.warmup, args.steps)
     if r["flops_per_step"]:
       r["tflops_per_s"] = r["flops_per_step"] / r["step_s"] / 1e12

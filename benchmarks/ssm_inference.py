@@ -29,6 +29,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 from configs import ssm as ssm_config  # noqa: E402
 from maskjax import methods  # noqa: E402
 from maskjax.methods import ssm as ssm_lib  # noqa: E402
@@ -82,6 +84,83 @@ def per_image_python_loop(m: ssm_lib.Ssm, state, x: jax.Array, eta: float):
           np.asarray(iters))
 
 
+def torch_per_image_loop(m: ssm_lib.Ssm, state, x: np.ndarray, eta: float, device: str = "cpu"):
+  """Algorithm 1 the way the official PyTorch code runs it: a per-image Python
+  loop over the PyTorch twin of the same network (weights copied), eq. 12 maps
+  (L2 + GMS + SSIM) in PyTorch, `torch.no_grad()`, eval-mode BatchNorm."""
+  import torch
+  import torch.nn.functional as F
+  from flax import nnx
+  import torch_unets as tu
+  from maskjax.ops import filters
+  from maskjax.ops import gms as gms_lib
+  jm = m.f.module(state["params"], state["rest"])
+  tm = tu.copy_from_maskjax(tu.SsmUNet(m.widths, use_mam=m.use_mam, upsample=m.upsample),
+                            jm).eval().to(device)
+  del nnx
+  win = torch.tensor(np.sqrt(np.diag(filters.gaussian_kernel(11, 1.5))), dtype=torch.float32,
+                     device=device)
+  gwin = (win[:, None] * win[None, :])[None, None].repeat(3, 1, 1, 1)
+  px = torch.tensor(gms_lib.PREWITT_X, device=device)[None, None].repeat(3, 1, 1, 1)
+  py = torch.tensor(gms_lib.PREWITT_Y, device=device)[None, None].repeat(3, 1, 1, 1)
+
+  def gmag(t):
+    gx = F.conv2d(t, px, padding=1, groups=3)
+    gy = F.conv2d(t, py, padding=1, groups=3)
+    return torch.sqrt(gx * gx + gy * gy + 1e-12)
+
+  def err(x01, r01):  # [B,3,H,W] -> [B,H,W]
+    l2 = ((x01 - r01) ** 2).mean(1)
+    g1, g2 = gmag(x01), gmag(r01)
+    gms = ((2 * g1 * g2 + 0.0026) / (g1 * g1 + g2 * g2 + 0.0026 + 1e-12)).mean(1)
+    st = F.conv2d(torch.cat([x01, r01, x01 * x01, r01 * r01, x01 * r01], 1),
+                  gwin.repeat(5, 1, 1, 1), padding=5, groups=15)
+    mx, my, exx, eyy, exy = st.split(3, 1)
+    sxx, syy, sxy = exx - mx * mx, eyy - my * my, exy - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ss = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx * mx + my * my + c1) * (sxx + syy + c2))
+    return l2 + (1 - gms) + (1 - ss.mean(1))
+
+  def recon(x01, mask):
+    img, _ = tm(x01 * 2 - 1, mask)
+    img = (img + 1) / 2
+    mm = mask[:, None]
+    return img * (1 - mm) + x01 * mm
+
+  def pmean(sm, k):
+    return F.interpolate(F.avg_pool2d(sm[:, None], k), scale_factor=k, mode="nearest")[:, 0]
+
+  size = x.shape[1]
+  maps, scores, iters = [], [], []
+  with torch.no_grad():
+    for i in range(x.shape[0]):
+      xi = torch.from_numpy(np.ascontiguousarray(x[i:i + 1].transpose(0, 3, 1, 2))).to(device)
+      mk, sk, ik = [], [], 0
+      for k in m.ks:
+        g = size // k
+        par = ((torch.arange(g)[:, None] + torch.arange(g)[None, :]) % 2 == 0).float()
+        par = par.repeat_interleave(k, 0).repeat_interleave(k, 1).to(device)
+        pair = torch.stack([par, 1 - par])
+        xx = xi.repeat(2, 1, 1, 1)
+        s0 = err(xx, recon(xx, pair))
+        sm = 0.5 * (s0[:1] + s0[1:])
+        mask, prev, it = torch.ones_like(sm), None, 0
+        while it < m.max_iters:
+          new = (pmean(sm, k) <= eta).float()
+          if prev is not None and bool(torch.equal(new, prev)):
+            break
+          mask = prev = new
+          sm = err(xi, recon(xi, mask))
+          it += 1
+        mk.append(sm)
+        sk.append(sm.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1.0))
+        ik += it
+      maps.append(torch.stack(mk).mean(0).cpu().numpy())
+      scores.append(torch.stack(sk).mean(0).cpu().numpy())
+      iters.append(ik)
+  return np.concatenate(maps), np.concatenate(scores), np.asarray(iters)
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   ap.add_argument("--size", type=int, default=64)
@@ -91,8 +170,11 @@ def main() -> None:
   ap.add_argument("--batches", type=int, default=2, help="timed batches")
   ap.add_argument("--max_iters", type=int, default=10)
   ap.add_argument("--train_steps", type=int, default=30)
+  ap.add_argument("--torch", action="store_true",
+                  help="also time the PyTorch twin running the per-image loop")
   ap.add_argument("--out", default="")
   args = ap.parse_args()
+  mach = C.machine()
 
   c = ssm_config.get_config("demo")
   c.input.image_size = args.size
@@ -131,6 +213,24 @@ def main() -> None:
   l_map, l_score, l_iters = per_image_python_loop(m, state, test, eta)
   loop_s = time.perf_counter() - t0
 
+  torch_res = None
+  if args.torch:
+    import torch
+    dev = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    test_np = np.asarray(test)
+    torch_per_image_loop(m, state, test_np[:1], eta, dev)   # warm-up
+    t0 = time.perf_counter()
+    t_map, t_score, t_iters = torch_per_image_loop(m, state, test_np, eta, dev)
+    if dev == "cuda":
+      torch.cuda.synchronize()
+    torch_s = time.perf_counter() - t0
+    torch_res = {"images_per_s": n / torch_s, "seconds": torch_s, "device": dev,
+                 "iterations_equal": bool(np.array_equal(t_iters, b_iters)),
+                 "map_max_abs_diff": float(np.max(np.abs(t_map - b_map))),
+                 "score_max_rel_diff": float(np.max(np.abs(t_score - b_score)
+                                                    / np.maximum(np.abs(b_score), 1e-12))),
+                 "mean_iterations_per_image": float(np.mean(t_iters))}
+
   np.testing.assert_array_equal(b_iters, l_iters)
   np.testing.assert_allclose(b_map, l_map, atol=1e-4)
   np.testing.assert_allclose(b_score, l_score, rtol=1e-4, atol=1e-6)
@@ -138,9 +238,8 @@ def main() -> None:
   dev = jax.devices()[0]
   res = {
       "benchmark": "ssm_inference",
-      "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                  "jax": jax.__version__, "device": f"{dev.platform}:{dev.device_kind}",
-                  "num_devices": jax.device_count()},
+      "machine": dict(C.machine_end(mach), device=f"{dev.platform}:{dev.device_kind}",
+                      num_devices=jax.device_count()),
       "setting": {"size": args.size, "widths": list(c.model.widths), "ks": list(m.ks),
                   "batch": args.batch, "images": n, "max_iters": args.max_iters,
                   "train_steps": args.train_steps, "eta": eta},
@@ -151,6 +250,8 @@ def main() -> None:
       "mean_refinement_iterations_per_image": float(np.mean(b_iters)),
       "mean_refinement_iterations_per_image_per_scale": float(np.mean(b_iters)) / len(m.ks),
       "outputs_equal": True,
+      "pytorch_twin_per_image_loop": torch_res,
+      "speedup_vs_pytorch": (torch_res["seconds"] / batched_s) if torch_res else None,
       "paper_reference_images_per_s": {"value": 23.5, "device": "RTX 3090", "size": 256},
   }
   print(f"SSM inference, {args.size}x{args.size}, widths {list(c.model.widths)}, "
@@ -158,6 +259,10 @@ def main() -> None:
   print(f"{'variant':<28}{'images/s':>12}{'seconds':>10}")
   print(f"{'batched lax.while_loop':<28}{n / batched_s:>12.2f}{batched_s:>10.2f}")
   print(f"{'per-image Python loop':<28}{n / loop_s:>12.2f}{loop_s:>10.2f}")
+  if torch_res:
+    print(f"{'PyTorch twin per-image loop':<28}{torch_res['images_per_s']:>12.2f}"
+          f"{torch_res['seconds']:>10.2f}   (iterations equal: {torch_res['iterations_equal']},"
+          f" map max abs diff {torch_res['map_max_abs_diff']:.1e})")
   print(f"speedup {loop_s / batched_s:.2f}x; mean refinement iterations per image "
         f"{np.mean(b_iters):.2f} (over {len(m.ks)} scales); outputs equal")
   out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

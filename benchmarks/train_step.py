@@ -14,6 +14,9 @@ and the device's peak memory.
       [--variant demo] [--out benchmarks/results/train_step_cpu.json]
 
 Overrides for quick runs: --image_size, --batch_size (0 = the config's).
+--model_from full: the demo's data with the `full` variant's model, method
+cell sizes, image size and batch (the papers' 256 px U-Nets on the embedded
+demo images, e.g. for the GPU suite, where no dataset is available).
 """
 from __future__ import annotations
 
@@ -78,6 +81,13 @@ def _peak_memory() -> int | None:
 
 def bench_method(name: str, args, workroot: str) -> list[dict]:
   cfg = _load_config(name, args.variant)
+  if args.model_from:
+    big = _load_config(name, args.model_from)
+    cfg.model = big.model
+    cfg.input.image_size = big.input.image_size
+    cfg.input.batch_size = big.input.batch_size
+    if "ks" in big.method:
+      cfg.method.ks = big.method.ks
   if args.image_size:
     cfg.input.image_size = args.image_size
   if args.batch_size:
@@ -141,6 +151,7 @@ def main() -> None:
   p.add_argument("--warmup", type=int, default=1)
   p.add_argument("--image_size", type=int, default=0)
   p.add_argument("--batch_size", type=int, default=0)
+  p.add_argument("--model_from", default="", help="variant whose model/size/batch to use")
   p.add_argument("--out", default="")
   a = p.parse_args()
   backend = jax.default_backend()
