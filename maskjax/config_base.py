@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.skip_bad_files = False    # True: skip and count bad files instead of failing
   c.input.texture_dir = ""          # DTD-layout textures for Perlin anomalies ("" = built-in)
   c.input.cache_dir = ""            # where the demo data is generated ("" = ~/.cache/maskjax)
+  c.input.demo_source = "photos"    # demo data (data_dir ""): "photos" (real photos) | "synthetic"
   # How mask files are read. "binary": a mask holds 0 and one other value
   # (MVTec AD: 0/255); any other value (a gradient, JPEG noise) is a data
   # problem. "labels": any non-zero value is a defect (instance-label masks).
@@ -119,6 +120,7 @@ def base_config() -> ml_collections.ConfigDict:
 _CHOICES = {
     "input.format": ("mvtec", "visa", "folder", "archive", "tfds", "multi"),
     "input.mask_values": ("auto", "binary", "labels"),
+    "input.demo_source": ("photos", "synthetic"),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.schedule": ("constant", "step", "warmup_cosine", "warmup", "sgdr"),
     "train.compute_dtype": ("float32", "bfloat16"),

@@ -502,11 +502,24 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
                                                                          eval_s=eval_time),
                 "device": mesh_lib.describe_devices(), "describe": method.describe(),
                 "threshold": _to_jsonable(stats),
-                "config_phases": workdir_lib.config_phases(workdir)}
+                "config_phases": workdir_lib.config_phases(workdir),
+                "stages_trained": _trained_steps(workdir, method)}
+    base = None
+    if config.eval.get("baseline", True):  # the trivial reference row (maskjax.eval.baseline)
+      from maskjax.eval import baseline
+      try:
+        tb = time.perf_counter()
+        base = baseline.evaluate(list(splits.train) + list(splits.val), splits.test,
+                                 int(config.input.image_size), list(per_category))
+        run_info["timings"]["baseline_s"] = time.perf_counter() - tb
+      except Exception as e:  # noqa: BLE001 - the reference row never fails a finished run
+        logging.warning("baseline failed: %s: %s", type(e).__name__, e)
     json_path, md_path = report.write_reports(out_dir, method=config.method.name,
                                               dataset=_dataset_name(config),
-                                              per_category=per_category, run_info=run_info)
+                                              per_category=per_category, run_info=run_info,
+                                              baseline=base)
     results.update(report_json=str(json_path), report_md=str(md_path))
+    _write_test_scores(os.path.join(out_dir, "scores.csv"), splits, test, stats)
     if config.eval.get("plots", True):
       _plots(config, out_dir, splits, test)
     m = results["mean"]

@@ -213,7 +213,8 @@ def _resolve_root(input_cfg) -> tuple[str, str]:
       raise ConfigError(f"config.input.data_dir is empty (the demo data) but "
                         f"config.input.format={fmt!r}; the demo data is in MVTec layout")
     from maskjax.data import demo
-    return "mvtec", demo.demo_root(_get(input_cfg, "cache_dir", ""))
+    return "mvtec", demo.demo_root(_get(input_cfg, "cache_dir", ""),
+                                   _get(input_cfg, "demo_source", "photos"))
   data_dir = os.path.expanduser(data_dir)
   if fmt == "archive":
     from maskjax.data import archives

@@ -9,15 +9,26 @@ results.json (schema "maskjax.eval.results/1"; metric values are fractions in
    published: {paper, variant, tables: {metric: "Table II"},
                per_category: {category: {metric: value}}, paper_mean: {dataset: {metric: value}}}
               | null when the paper reports nothing for this dataset,
+   baseline: {name, description, margin, compared: [metrics],
+              per_category: {category: {metric: value | null}}, mean: {metric: value},
+              below_baseline: {category: [metrics not beaten by margin]}}
+             | null when no baseline was computed,
    run_config, versions: {python, maskjax, jax, flax, optax, numpy, scipy, sklearn},
    device, timings, run_info}
+
+``baseline`` is the trivial per-pixel Gaussian detector of
+``maskjax.eval.baseline`` fitted on the same training normals at the same
+resolution; a category whose image or pixel AUROC is not at least ``margin``
+above it is listed in ``below_baseline`` and marked in results.md.
 
 ``run_info`` is stored as given (``config``, ``timings``, ``device`` and
 ``published_variant`` are read from it when present).
 
 results.md: a comparison table (ours | paper | difference, in percentage
-points) for the metrics the method's paper reports on this dataset, then all
-metrics per category, means over the categories where a metric is defined
+points) for the metrics the method's paper reports on this dataset, then the
+comparison with the trivial baseline (ours | baseline | difference per category,
+"BELOW BASELINE" where the margin is not met), then all metrics per category
+with the baseline's means as a reference row, means over the categories where a metric is defined
 ("n/a" marks undefined values, with the reasons listed below the table).
 """
 from __future__ import annotations
@@ -76,7 +87,25 @@ def versions() -> dict[str, str | None]:
   if out["maskjax"] is None:
     import maskjax
     out["maskjax"] = getattr(maskjax, "__version__", None)
+  out["maskjax_commit"] = _git_commit()
   return out
+
+
+def _git_commit() -> str | None:
+  """The commit of the maskjax checkout in use (with "+dirty" for local
+  changes), None outside a git checkout (e.g. an installed wheel)."""
+  import subprocess
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    head = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                          text=True, timeout=5)
+    if head.returncode != 0:
+      return None
+    dirty = subprocess.run(["git", "-C", here, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, timeout=5)
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+  except (OSError, subprocess.SubprocessError):
+    return None
 
 
 def _device() -> str:
@@ -124,8 +153,39 @@ def _diff(a: float | None, b: float | None) -> str:
   return "" if a is None or b is None else f"{100 * (a - b):+.2f}"
 
 
+def _baseline_lines(per_category: Mapping[str, Mapping[str, Any]], base: Mapping) -> list[str]:
+  keys = list(base.get("compared") or ("image_auroc", "pixel_auroc"))
+  margin = float(base.get("margin", 0.0))
+  below = base.get("below_baseline") or {}
+  lines = [f"## Ours vs. the trivial baseline ({base.get('name')})", "",
+           f"Baseline: {base.get('description')}; fitted on the same training normals at the "
+           f"same resolution. A category is marked when ours is not at least "
+           f"{100 * margin:.1f} points above the baseline.", ""]
+  head = ["Category"]
+  for k in keys:
+    head += [f"{TITLES[k]} ours", "baseline", "diff"]
+  head.append("vs. baseline")
+  lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  bper = base.get("per_category") or {}
+  for cat in per_category:
+    if cat not in bper:
+      continue
+    row = [cat]
+    for k in keys:
+      o, b = per_category[cat].get(k), bper[cat].get(k)
+      row += [_pct(o), _pct(b), _diff(o, b)]
+    bad = below.get(cat, [])
+    row.append("**BELOW BASELINE** (" + ", ".join(TITLES.get(k, k) for k in bad) + ")"
+               if bad else "beats")
+    lines.append("| " + " | ".join(row) + " |")
+  n_bad = sum(1 for c in below if below[c])
+  lines += ["", f"{n_bad} of {len(below)} categories below the baseline (+margin).", ""]
+  return lines
+
+
 def _markdown(method: str, dataset: str, per_category: Mapping[str, Mapping[str, Any]],
-              mean: dict, pub: dict | None, run_info: Mapping[str, Any]) -> str:
+              mean: dict, pub: dict | None, run_info: Mapping[str, Any],
+              base: Mapping | None = None) -> str:
   cats = list(per_category)
   lines = [f"# {method} on {dataset}", "",
            "Values in percent. Means are over the categories where the metric is defined "
@@ -161,6 +221,8 @@ def _markdown(method: str, dataset: str, per_category: Mapping[str, Mapping[str,
                                      for ds, m in pub["paper_mean"].items()
                                      for k, v in m.items()) + ".",
               ""]
+  if base:
+    lines += _baseline_lines(per_category, base)
   lines += ["## All metrics", ""]
   head = ["Category"] + [TITLES[k] for k in metrics_lib.METRICS]
   lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -170,6 +232,10 @@ def _markdown(method: str, dataset: str, per_category: Mapping[str, Mapping[str,
   lines.append("| " + " | ".join(
       ["**mean**"] + [f"{_pct(mean[k]['mean'])} ({mean[k]['count']}/{mean[k]['of']})"
                       for k in metrics_lib.METRICS]) + " |")
+  if base:
+    bmean = base.get("mean") or {}
+    lines.append("| " + " | ".join(["*baseline (mean)*"] + [_pct(bmean.get(k))
+                                                          for k in metrics_lib.METRICS]) + " |")
   reasons = [(c, k, r) for c in cats for k, r in (per_category[c].get("undefined") or {}).items()]
   if reasons:
     lines += ["", "Undefined:", ""]
@@ -198,24 +264,30 @@ def _markdown(method: str, dataset: str, per_category: Mapping[str, Mapping[str,
 
 def write_reports(out_dir: str, *, method: str, dataset: str,
                   per_category: Mapping[str, Mapping[str, Any]],
-                  run_info: Mapping[str, Any] | None = None) -> tuple[str, str]:
+                  run_info: Mapping[str, Any] | None = None,
+                  baseline: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[str, str]:
   """Write <out_dir>/results.json and results.md; returns their paths.
 
   per_category: {category: `metrics.evaluate_category` dict}; categories may be
   "mvtec/bottle" in multi-dataset runs. run_info: free-form, stored as given;
   ``config``, ``timings``, ``device``, ``threshold`` and ``published_variant``
-  are also read from it.
+  are also read from it. baseline: {category: `metrics.evaluate_category` dict}
+  of `maskjax.eval.baseline` (None: no baseline section).
   """
   run_info = dict(run_info or {})
   os.makedirs(out_dir, exist_ok=True)
   per_category = {c: dict(v) for c, v in per_category.items()}
   mean = metrics_lib.mean_over_categories(per_category)
   pub = _published_block(method, dataset, list(per_category), run_info.get("published_variant"))
+  base = None
+  if baseline:
+    from maskjax.eval import baseline as baseline_lib
+    base = baseline_lib.block(per_category, baseline)
   result = {
       "schema": SCHEMA, "method": method, "dataset": dataset,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "metrics": list(metrics_lib.METRICS), "units": "fraction",
-      "per_category": per_category, "mean": mean, "published": pub,
+      "per_category": per_category, "mean": mean, "published": pub, "baseline": base,
       "run_config": run_info.get("config"), "versions": versions(),
       "device": run_info.get("device") or _device(), "timings": run_info.get("timings", {}),
       "run_info": run_info,
@@ -223,5 +295,6 @@ def write_reports(out_dir: str, *, method: str, dataset: str,
   json_path = os.path.join(out_dir, "results.json")
   md_path = os.path.join(out_dir, "results.md")
   fileio.write_text(json_path, json.dumps(_jsonable(result), indent=2, allow_nan=False))
-  fileio.write_text(md_path, _markdown(method, dataset, per_category, mean, pub, run_info))
+  fileio.write_text(md_path, _markdown(method, dataset, per_category, mean, pub, run_info,
+                                             _jsonable(base) if base else None))
   return json_path, md_path
