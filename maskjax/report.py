@@ -13,6 +13,11 @@ metric (image AUROC, pixel AUROC, AUPRO, image F1-max) it writes:
       columns: each label as mean +- std over seeds (n seeds), the paper's
       published number for the label's method, and each PyTorch reference;
       differences to a reference beyond --tolerance are marked with "!".
+      The trivial per-pixel Gaussian baseline that every evaluation computes
+      (`maskjax.eval.baseline`) is a reference column `baseline (<N> px)` per
+      resolution; a run's cell is marked "▼" where it is not at least the
+      baseline's margin (2 points of AUROC) above the baseline at the run's
+      resolution (image and pixel AUROC).
   <out>/<dataset>_<metric>.png         grouped bar chart (categories x labels)
   <out>/summary.md                     all tables in one file
 
@@ -92,14 +97,47 @@ def read_run(path: str, root: str) -> list[dict]:
     label = "/".join(parts[:-1]) if len(parts) > 1 else parts[0]
   else:
     label = method
+  size = (config.get("input", {}) or {}).get("image_size")
   rows = []
   for cat, metrics in per_cat.items():
     ds, c = _split_category(cat, dataset)
-    row = {"label": label, "method": method, "dataset": ds, "category": c, "seed": seed}
+    row = {"label": label, "method": method, "dataset": ds, "category": c, "seed": seed,
+           "image_size": size}
+    for m in METRICS:
+      row[m] = _metric_value(metrics.get(m))
+    rows.append(row)
+  base = res.get("baseline") or {}
+  for cat, metrics in (base.get("per_category") or {}).items():
+    ds, c = _split_category(cat, dataset)
+    row = {"label": baseline_label(size), "method": "baseline", "dataset": ds, "category": c,
+           "seed": 0, "image_size": size, "baseline": True,
+           "margin": float(base.get("margin", 0.0))}
     for m in METRICS:
       row[m] = _metric_value(metrics.get(m))
     rows.append(row)
   return rows
+
+
+def baseline_label(size) -> str:
+  return f"baseline ({size} px)" if size else "baseline"
+
+
+# metrics a run is compared with the baseline on
+BASELINE_COMPARED = ("image_auroc", "pixel_auroc")
+
+
+def dedupe_baselines(rows: list[dict]) -> list[dict]:
+  """One baseline row per (label, dataset, category): every run of the same data
+  and resolution carries the same deterministic baseline."""
+  seen, out = set(), []
+  for r in rows:
+    if r.get("baseline"):
+      key = (r["label"], r["dataset"], r["category"])
+      if key in seen:
+        continue
+      seen.add(key)
+    out.append(r)
+  return out
 
 
 def read_reference(path: str) -> list[dict]:
@@ -216,9 +254,37 @@ def aggregate(rows: list[dict], references: dict[str, list[dict]], tolerance: fl
             cell += f" ! ({100 * (ours[0] - ref):+.1f})"
           line.append(cell)
         table_rows.append(line)
+      marked = _mark_below_baseline(drows, labels, cats, metric, numeric, table_rows)
       out[ds][metric] = {"header": header, "rows": table_rows, "labels": labels, "cats": cats,
-                         "numeric": {f"{k[0]}|{k[1]}": v for k, v in numeric.items()}}
+                         "numeric": {f"{k[0]}|{k[1]}": v for k, v in numeric.items()},
+                         "below_baseline": marked}
   return out
+
+
+def _mark_below_baseline(drows, labels, cats, metric, numeric, table_rows) -> list[list[str]]:
+  """Append " ▼" to the cells of runs not at least the margin above the baseline
+  of their resolution; returns [[category, label], ...] of the marked cells."""
+  if metric not in BASELINE_COMPARED:
+    return []
+  marked = []
+  for j, l in enumerate(labels):
+    lrows = [r for r in drows if r["label"] == l]
+    if not lrows or lrows[0].get("baseline"):
+      continue
+    sizes = {r.get("image_size") for r in lrows}
+    if len(sizes) != 1:
+      continue
+    b = baseline_label(sizes.pop())
+    brow = [r for r in drows if r["label"] == b]
+    if not brow:
+      continue
+    margin = brow[0].get("margin", 0.0)
+    for i, cat in enumerate(cats):
+      ours, base = numeric.get((cat, l)), numeric.get((cat, b))
+      if base is not None and (ours is None or ours < base + margin):
+        table_rows[i][1 + j] += " ▼"
+        marked.append([cat, l])
+  return marked
 
 
 def _ref(refs, m, metric, cat):
@@ -242,6 +308,9 @@ def write(tables: dict, out_dir: str) -> list[str]:
             "| " + " | ".join(t["header"]) + " |",
             "|" + "|".join(["---"] + ["---:"] * (len(t["header"]) - 1)) + "|"]
       md += ["| " + " | ".join(r) + " |" for r in t["rows"]]
+      if any(str(h).startswith("baseline") for h in t["header"]) and metric in BASELINE_COMPARED:
+        md += ["", "▼ = not at least 2 points (the baseline's margin) above the trivial "
+               "per-pixel Gaussian baseline at the run's resolution."]
       fileio.write_text(base + ".md", "\n".join(md) + "\n")
       with fileio.atomic_open(base + ".csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -286,6 +355,7 @@ def build_report(root: str, references: list[str] = (), tolerance: float = 0.01,
   rows = []
   for p in paths:
     rows += read_run(p, root)
+  rows = dedupe_baselines(rows)
   refs = {r: read_reference(r) for r in references}
   tables = aggregate(rows, refs, tolerance)
   return write(tables, out_dir or os.path.join(root, "report"))
