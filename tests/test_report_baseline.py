@@ -31,7 +31,7 @@ def test_baseline_column_and_marks(tmp_path):
   head = [h.strip() for h in lines[0].strip("|").split("|")]
   assert "baseline (64 px)" in head
   rows = {l.strip("|").split("|")[0].strip(): [c.strip() for c in l.strip("|").split("|")]
-          for l in lines[2:]}
+          for l in lines[1:]}
   col = {h: i for i, h in enumerate(head)}
   assert rows["a"][col["baseline (64 px)"]] == "70.0"
   assert rows["a"][col["ssm"]].endswith("▼")          # 0.71 < 0.70 + 0.02
