@@ -1,10 +1,9 @@
 """Realistic embedded demo data: crops of real photographs, drawn defects.
 
-The normals are crops of three photographs that ship inside installed packages
-(scikit-learn's `datasets/images/china.jpg` and `flower.jpg`, and
-matplotlib's `mpl-data/sample_data/grace_hopper.jpg` is not used), so nothing
-is downloaded. Four categories, two textures and two objects
-(`CATEGORIES`):
+The normals are crops of two photographs that ship inside an installed
+package (scikit-learn's `datasets/images/china.jpg` and `flower.jpg`; not
+scikit-image's sample images, which an independent check uses), so nothing is
+downloaded. Four categories, two textures and two objects (`CATEGORIES`):
 
   foliage  texture  tree canopy of china.jpg (lower right)
   petals   texture  the dahlia's petals of flower.jpg (inside the flower)
@@ -36,7 +35,7 @@ it was drawn on, byte for byte (`render_pair`).
 
 Default counts per category: 80 train normals, 20 normal and 24 defective test
 images (6 per defect kind), 128x128 PNGs. Everything is a pure function of
-(seed, category, split, index); about 2 s for the whole dataset on one core.
+(seed, category, split, index); about 10 s for the whole dataset on one core.
 """
 from __future__ import annotations
 
