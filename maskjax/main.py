@@ -1,7 +1,11 @@
 r"""maskjax command line.
 
-  python -m maskjax.main --config=configs/<method>.py[:variant] --workdir=DIR \
+  python -m maskjax.main --config=<method>[:variant] --workdir=DIR \
       [--mode=train|eval|predict] [--config.key=value ...]
+
+--config takes a packaged config by name (riad, ssm, ear, aca, mala; e.g.
+riad:demo) or a config file path (configs/riad.py:demo); eval and predict
+read the run's own config.json when --config is omitted.
 
 Modes:
   train    train every stage of the method (resuming from DIR if it holds a
@@ -30,15 +34,21 @@ FLAGS = flags.FLAGS
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None,
-    "Method config file, e.g. configs/riad.py:demo; override keys with --config.key=value.",
+    "Method config by name or path, e.g. riad:demo or configs/riad.py:demo; override keys "
+    "with --config.key=value. Optional for eval / predict (the run's config.json).",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, reports. A run resumes from it.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
                   "train: train then evaluate; eval: evaluate the checkpoint in --workdir; "
                   "predict: score the images of --predict_dir.")
-flags.DEFINE_string("predict_dir", None, "predict mode: folder of images to score.")
+flags.DEFINE_string("predict_dir", None, "predict mode: an image, a folder or a glob to score.")
 flags.DEFINE_string("output_dir", None, "eval / predict: where the report / heatmaps go "
                     "(default DIR/eval, DIR/predict); checked writable before any work.")
+flags.DEFINE_string("predict_out", None, "predict mode: output directory (same as --output_dir; "
+                    "default a new DIR/predict/<n> per call, never overwriting).")
+flags.DEFINE_string("compilation_cache", os.path.join("~", ".cache", "maskjax", "xla"),
+                    "JAX persistent compilation cache directory (compiled programs are reused "
+                    "across runs); empty disables it.")
 flags.DEFINE_bool("allow_config_change", False,
                   "resume a run although recipe keys (losses, optimiser, batch, ...) changed; "
                   "the previous config is kept as DIR/config.<n>.json and the report lists "
@@ -68,17 +78,34 @@ def main(argv) -> None:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   from maskjax.errors import UserError
   config_path = FLAGS["config"].config_filename if FLAGS["config"].present else None
-  if not config_path:
-    _fail("--config is required, e.g. --config=configs/riad.py:demo")
-  try:
-    config = FLAGS.config
-    name = config.method.name
-  except UserError as e:
-    _fail(f"{config_path}: {e}")
-  except Exception as e:  # the config file itself failed to load
-    _fail(f"cannot load config {config_path!r}: {type(e).__name__}: {e}")
   if not FLAGS.workdir:
     _fail("--workdir is required")
+  if not config_path:
+    if FLAGS.mode == "train":
+      _fail("--config is required to train, e.g. --config=riad:demo")
+    from maskjax import workdir as workdir_lib
+    try:
+      config = workdir_lib.load_run_config(os.path.abspath(FLAGS.workdir))
+    except UserError as e:
+      _fail(str(e))
+    config_path = os.path.join(FLAGS.workdir, "config.json")
+  else:
+    try:
+      config = FLAGS.config
+    except UserError as e:
+      _fail(f"{config_path}: {e}")
+    except Exception as e:  # the config file itself failed to load
+      _fail(f"cannot load config {config_path!r}: {type(e).__name__}: {e}")
+  try:
+    name = config.method.name
+  except (AttributeError, KeyError):
+    _fail(f"{config_path}: has no method.name")
+  _compilation_cache(FLAGS.compilation_cache)
+  output_dir = FLAGS.output_dir
+  if FLAGS.predict_out:
+    if output_dir and output_dir != FLAGS.predict_out:
+      _fail("--predict_out and --output_dir name different directories; give one")
+    output_dir = FLAGS.predict_out
   try:
     from maskjax import methods
     methods.get_method_class(name)  # fail fast on unknown / unimplemented methods
@@ -87,14 +114,50 @@ def main(argv) -> None:
                                       FLAGS.process_id)
     from maskjax import train
     train.run(config, FLAGS.workdir, mode=FLAGS.mode, predict_dir=FLAGS.predict_dir,
-              output_dir=FLAGS.output_dir, allow_config_change=FLAGS.allow_config_change)
+              output_dir=output_dir, allow_config_change=FLAGS.allow_config_change)
   except UserError as e:
     _fail(str(e))
+
+
+def _compilation_cache(path: str) -> None:
+  """JAX's persistent compilation cache: a second run (or eval / predict after
+  train) loads its compiled programs instead of compiling them again."""
+  if not path:
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def _resolve_config_arg(argv: list[str]) -> list[str]:
+  """`--config=riad:demo` (a packaged config by name) or a `configs/...` path
+  that does not exist here -> the packaged file, before absl loads it."""
+  from maskjax import configs
+  from maskjax.errors import UserError
+  out, i = [], 0
+  while i < len(argv):
+    a = argv[i]
+    if a.startswith("--config="):
+      value, prefix = a[len("--config="):], "--config="
+    elif a == "--config" and i + 1 < len(argv):
+      value, prefix = argv[i + 1], "--config="
+      i += 1
+    else:
+      out.append(a)
+      i += 1
+      continue
+    try:
+      out.append(prefix + configs.resolve(value))
+    except UserError as e:
+      _fail(str(e))
+    i += 1
+  return out
 
 
 def _parse_flags(argv):
   """absl parsing, but bad flags / config keys end as one line with exit 2."""
   from maskjax.errors import UserError
+  argv = [argv[0]] + _resolve_config_arg(list(argv[1:]))
   try:
     return FLAGS(argv)
   except flags.UnrecognizedFlagError as e:

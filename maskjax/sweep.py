@@ -96,9 +96,14 @@ def _tag(grid_values: dict) -> str:
 
 
 def load_sweep(spec: str) -> dict:
+  from maskjax import configs
   path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConfigError(f"sweep file {path!r} does not exist")
+  if not os.path.isfile(path):  # a packaged sweep: "demo", "sweeps/demo", "configs/sweeps/demo.py"
+    name = path if "/" in path else f"sweeps/{path}"
+    try:
+      path = configs.resolve(name).partition(":")[0]
+    except ConfigError:
+      raise ConfigError(f"sweep file {spec.partition(':')[0]!r} does not exist") from None
   mod_spec = importlib.util.spec_from_file_location("maskjax_sweep_def", path)
   mod = importlib.util.module_from_spec(mod_spec)
   mod_spec.loader.exec_module(mod)

@@ -1,0 +1,1 @@
+"""Sweep definitions (`get_sweep(arg)`), addressed as sweeps/<name> or by path."""
