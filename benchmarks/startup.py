@@ -16,7 +16,9 @@ seconds from just before the subprocess was spawned. Modes:
   warm    : the same command again on the filled cache.
 
 The cache is set by environment (JAX_COMPILATION_CACHE_DIR,
-JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0, ..._MIN_ENTRY_SIZE_BYTES=0).
+JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0, ..._MIN_ENTRY_SIZE_BYTES=0) and,
+where the CLI has it, by its --compilation_cache flag (empty for "nocache"; the
+CLI then caches programs that compile in more than its own minimum time).
 
   python benchmarks/startup.py [--demos riad,mala] [--modes nocache,cold,warm] [--steps 2]
 """
@@ -100,6 +102,14 @@ def child(argv: list[str]) -> None:
     _mark("end")
 
 
+def _cli_has_cache_flag() -> bool:
+  try:
+    with open(os.path.join(os.path.dirname(HERE), "maskjax", "main.py")) as f:
+      return '"compilation_cache"' in f.read()
+  except OSError:
+    return False
+
+
 def run_once(demo: str, mode: str, steps: int, cache_dir: str, timeout: int) -> dict:
   work = tempfile.mkdtemp(prefix=f"startup_{demo}_")
   env = dict(os.environ)
@@ -112,6 +122,8 @@ def run_once(demo: str, mode: str, steps: int, cache_dir: str, timeout: int) -> 
   cmd = [sys.executable, "-u", os.path.abspath(__file__), "--child", "--",
          f"--config=configs/{demo}.py:demo", f"--workdir={work}",
          f"--config.train.steps={steps}"]
+  if _cli_has_cache_flag():  # the CLI's own cache flag (default on) overrides the env
+    cmd.append(f"--compilation_cache={cache_dir if mode in ('cold', 'warm') else ''}")
   t0 = time.time()
   proc = subprocess.Popen(cmd, cwd=os.path.dirname(HERE), env=env, stderr=subprocess.PIPE,
                           stdout=subprocess.PIPE, text=True)
