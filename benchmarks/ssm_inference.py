@@ -183,6 +183,10 @@ def main() -> None:
   c.method.max_iters = args.max_iters
   c.method.eta_mode = "global"
   c.method.eta_per_scale = False
+  # Algorithm 1 as written (the loops below implement exactly that recipe)
+  c.method.image_score = "as_written"
+  if "refined_map" in c.method:
+    c.method.refined_map = "as_written"
   c.train.steps = max(args.train_steps, 1)
   m = methods.build_method(c)
   (stage,) = m.stages()
