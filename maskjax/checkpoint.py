@@ -129,10 +129,12 @@ class StageCheckpointer:
     try:
       out = self._mngr.restore(int(step), args=ocp.args.Composite(**items))
     except Exception as e:  # noqa: BLE001
+      others = [s for s in self.committed_steps() if s != int(step)]
       raise CheckpointError(
           f"cannot restore checkpoint {self.directory}/{step} into the current model: "
           f"{type(e).__name__}: {e}. If the model or method config changed, use a new "
-          "--workdir") from e
+          "--workdir; if this checkpoint is damaged, move it away to resume from the last "
+          "good one (" + (f"step {others[-1]}" if others else "none is left") + ")") from e
     return out["state"], dict(out["meta"])
 
   # -- lifecycle ------------------------------------------------------------------

@@ -104,6 +104,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.num_heatmaps = 4           # overlays per category (normal + defective)
   c.eval.threshold_quantile = 0.99  # decision threshold: quantile of validation normal scores
   c.eval.plots = True
+  c.eval.baseline = True            # per-pixel Gaussian baseline row in every report (seconds)
   c.eval.predict_dir = ""           # predict mode: folder of images to score
 
   # -- devices ---------------------------------------------------------------------

@@ -7,19 +7,15 @@ that does nothing (their metrics are the same global values).
                             {"stage", "step", <metric>: float, ..., "images_per_s", "lr"?, "time"}
   <workdir>/tb/             TensorBoard event files, scalars tagged "<stage>/<metric>".
 
-The event files are written by `ScalarEventWriter` below (TFRecord framing
-with masked CRC-32C, `Event`/`Summary` protobufs encoded by hand: the few
-fields scalars need). Neither TensorFlow nor tensorboardX is imported: the
-latter pulls in PyTorch when installed, which costs seconds and hundreds of MB
-per process. TensorBoard reads the files as usual (`tensorboard --logdir <workdir>/tb`).
+The event files are written by tensorboardX (`tensorboard_writer`): training
+scalars (losses, learning rate, gradient norm, images/s) per log step, and
+evaluation metrics and overlays (`log_evaluation`). `tensorboard --logdir <workdir>/tb`.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-import socket
-import struct
 import sys
 import time
 from typing import Optional
@@ -55,6 +51,39 @@ def _drop_records_after(path: str, stage: str, step: int) -> None:
     fileio.write_text(path, "".join(keep))
 
 
+class _AboveBar:
+  """A stream that prints log lines above an active tqdm bar (`tqdm.write`),
+  so the bar and absl's lines do not overwrite each other."""
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text: str) -> int:
+    from tqdm import tqdm
+    if text.strip():
+      tqdm.write(text.rstrip("\n"), file=self._stream)
+    return len(text)
+
+  def flush(self) -> None:
+    self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def _log_lines_above_bar():
+  """Route absl's stderr handler through `_AboveBar`; returns the undo."""
+  handler = getattr(logging.get_absl_handler(), "python_handler", None)
+  stream = getattr(handler, "stream", None)
+  if handler is None or stream is None or isinstance(stream, _AboveBar):
+    return lambda: None
+  handler.stream = _AboveBar(stream)
+
+  def undo():
+    handler.stream = stream
+  return undo
+
+
 class MetricLogger:
   """Writes one stage's log steps. Use as a context manager, or call close()."""
 
@@ -75,13 +104,14 @@ class MetricLogger:
     _drop_records_after(path, stage, int(start_step))
     self._jsonl = open(path, "a", encoding="utf-8")
     try:
-      self._tb = ScalarEventWriter(os.path.join(workdir, "tb"))
+      self._tb = tensorboard_writer(os.path.join(workdir, "tb"))
     except OSError as e:  # TensorBoard is optional
       logging.warning("TensorBoard logging disabled: %s", e)
     if progress_bar and _is_tty():
       from tqdm import tqdm
       self._bar = tqdm(total=self.total_steps, initial=int(start_step), desc=stage,
                        dynamic_ncols=True, file=sys.stderr)
+      self._restore_log_stream = _log_lines_above_bar()
 
   def reset_clock(self, step: int) -> None:
     """Restart the images/s clock (e.g. after compilation)."""
@@ -122,6 +152,7 @@ class MetricLogger:
 
   def close(self) -> None:
     if self._bar is not None:
+      self._restore_log_stream()
       self._bar.close()
     if self._jsonl is not None:
       self._jsonl.close()
@@ -139,91 +170,58 @@ class MetricLogger:
 # ----------------------------------------------------------------------------
 # TensorBoard event files
 # ----------------------------------------------------------------------------
-def _crc32c_table() -> list[int]:
-  table = []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
-    table.append(c)
-  return table
+def tensorboard_writer(logdir: str):
+  """A `tensorboardX.SummaryWriter` for `logdir`.
+
+  tensorboardX imports PyTorch at import time when it is installed only to
+  accept torch tensors (seconds and hundreds of MB per process); maskjax
+  passes floats and numpy arrays, so torch is hidden from that one import
+  (unless something already imported it)."""
+  hide = "torch" not in sys.modules
+  if hide:
+    sys.modules["torch"] = None  # `import torch` raises ImportError, as if absent
+  try:
+    from tensorboardX import SummaryWriter
+  finally:
+    if hide:
+      del sys.modules["torch"]
+  return SummaryWriter(logdir=logdir, flush_secs=30)
 
 
-_CRC_TABLE = _crc32c_table()
+class Progress:
+  """Progress of a finite job in log lines (process 0): "<what>: 12/40 batches,
+  3.1 batches/s, ETA 9s", about every tenth of the job and at most every 10 s;
+  the first item (compilation) is reported on its own."""
 
+  def __init__(self, what: str, *, total: int, unit: str = "items"):
+    self.what, self.total, self.unit = what, max(int(total), 0), unit
+    self.n = 0
+    self._t0 = self._last = time.perf_counter()
+    self._t1 = None  # end of the first item
+    self._active = jax.process_index() == 0 and self.total > 0
+    if self._active:
+      info("%s: %d %s (the first one compiles)", what, self.total, unit)
 
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), as TFRecord uses."""
-  c = 0xFFFFFFFF
-  for b in data:
-    c = _CRC_TABLE[(c ^ b) & 0xFF] ^ (c >> 8)
-  return c ^ 0xFFFFFFFF
+  def update(self, k: int = 1) -> None:
+    self.n += k
+    if not self._active:
+      return
+    now = time.perf_counter()
+    if self._t1 is None:
+      self._t1 = now
+      info("%s: first of %d %s done in %.1f s", self.what, self.total, self.unit, now - self._t0)
+      self._last = now
+      return
+    step = max(self.total // 10, 1)
+    if self.n < self.total and (self.n % step == 0 or now - self._last > 10):
+      rate = (self.n - 1) / max(now - self._t1, 1e-9)
+      info("%s: %d/%d %s, %.1f %s/s, ETA %s", self.what, self.n, self.total, self.unit, rate,
+           self.unit, _fmt_eta((self.total - self.n) / max(rate, 1e-9)))
+      self._last = now
 
-
-def _masked_crc(data: bytes) -> int:
-  c = crc32c(data)
-  return (((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    if n:
-      out.append(b | 0x80)
-    else:
-      out.append(b)
-      return bytes(out)
-
-
-def _field(num: int, wire: int, payload: bytes) -> bytes:
-  return _varint((num << 3) | wire) + payload
-
-
-def _event(wall_time: float, step: int = 0, *, file_version: str | None = None,
-           scalars: dict | None = None) -> bytes:
-  """Encode tensorboard's `Event` proto: wall_time=1 (double), step=2 (int64),
-  file_version=3 (string), summary=5 (Summary: value=1 repeated {tag=1, simple_value=2})."""
-  msg = _field(1, 1, struct.pack("<d", wall_time))
-  if step:
-    msg += _field(2, 0, _varint(int(step) & 0xFFFFFFFFFFFFFFFF))
-  if file_version is not None:
-    fv = file_version.encode()
-    msg += _field(3, 2, _varint(len(fv)) + fv)
-  if scalars:
-    summary = b""
-    for tag, v in scalars.items():
-      t = tag.encode()
-      value = _field(1, 2, _varint(len(t)) + t) + _field(2, 5, struct.pack("<f", float(v)))
-      summary += _field(1, 2, _varint(len(value)) + value)
-    msg += _field(5, 2, _varint(len(summary)) + summary)
-  return msg
-
-
-class ScalarEventWriter:
-  """Append-only TensorBoard event file of scalar summaries."""
-
-  def __init__(self, logdir: str):
-    os.makedirs(logdir, exist_ok=True)
-    name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-    self.path = os.path.join(logdir, name)
-    self._f = open(self.path, "ab")
-    self._write(_event(time.time(), file_version="brain.Event:2"))
-
-  def _write(self, record: bytes) -> None:
-    header = struct.pack("<Q", len(record))
-    self._f.write(header + struct.pack("<I", _masked_crc(header)) + record
-                  + struct.pack("<I", _masked_crc(record)))
-
-  def add_scalar(self, tag: str, value: float, step: int) -> None:
-    self._write(_event(time.time(), step, scalars={tag: value}))
-
-  def flush(self) -> None:
-    self._f.flush()
-
-  def close(self) -> None:
-    self._f.close()
+  def done(self) -> None:
+    if self._active:
+      info("%s: %d %s in %.1f s", self.what, self.n, self.unit, time.perf_counter() - self._t0)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -237,3 +235,32 @@ def info(msg: str, *args) -> None:
   """absl info on process 0 only."""
   if jax.process_index() == 0:
     logging.info(msg, *args)
+
+
+def log_evaluation(workdir: str, mean: dict, per_category: dict, *, step: int,
+                   images: list[str] = ()) -> None:
+  """Evaluation metrics (mean and per category) and a few report figures
+  (PNG paths) to `<workdir>/tb`, at the run's last training step (process 0)."""
+  if jax.process_index() != 0:
+    return
+  import numpy as np
+  from PIL import Image
+  try:
+    tb = tensorboard_writer(os.path.join(workdir, "tb"))
+  except OSError as e:
+    logging.warning("TensorBoard logging disabled: %s", e)
+    return
+  try:
+    for k, v in mean.items():
+      if isinstance(v, (int, float)) and math.isfinite(v):
+        tb.add_scalar(f"eval/{k}", float(v), step)
+    for cat, m in per_category.items():
+      for k, v in m.items():
+        if isinstance(v, (int, float)) and math.isfinite(v):
+          tb.add_scalar(f"eval_{cat}/{k}", float(v), step)
+    for p in images:
+      with Image.open(p) as img:
+        tb.add_image(f"eval/{os.path.splitext(os.path.basename(p))[0]}",
+                     np.asarray(img.convert("RGB")), step, dataformats="HWC")
+  finally:
+    tb.close()

@@ -31,6 +31,7 @@ on the identity keys and, unless `allow_config_change`, on the recipe keys
 from __future__ import annotations
 
 import csv
+import glob
 import inspect
 import json
 import os
@@ -56,7 +57,6 @@ IDENTITY_KEYS = ("seed", "method.name", "model", "input.image_size", "input.cate
                  "input.format", "input.data_dir")
 
 MODES = ("train", "eval", "predict")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
 # ----------------------------------------------------------------------------
@@ -103,11 +103,12 @@ IDENTITY_KEYS = workdir_lib.IDENTITY_KEYS
 
 
 def check_workdir(config, workdir: str, *, write: bool = True,
-                  allow_config_change: bool = False) -> None:
+                  allow_config_change: bool = False, mode: str = "train") -> None:
   """Refuse a workdir holding another run (or another recipe); record `config.json`
   (process 0). See `maskjax.workdir`."""
   workdir_lib.check(config, workdir, write=write and jax.process_index() == 0,
-                    allow_config_change=allow_config_change)
+                    allow_config_change=allow_config_change,
+                    command="resume" if mode == "train" else mode, evaluating=mode != "train")
 
 
 # ----------------------------------------------------------------------------
@@ -226,6 +227,7 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
       step = int(meta["step"])
       logging_utils.info("stage %s: resuming from step %d (%s)", stage.name, step, ckpt_dir)
     else:
+      logging_utils.info("stage %s: initialising the model (compiling its init)", stage.name)
       state = cs.init_from_seed(int(config.seed), stage_index, previous_state)
       step = 0
       logging_utils.info("stage %s: initialised, %d steps, global batch %d", stage.name,
@@ -241,6 +243,8 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
     pending: list[tuple[int, dict]] = []
     first = True
     try:
+      logging_utils.info("stage %s: compiling the training step (the first step takes longest)",
+                         stage.name)
       while step < stage.steps:
         batch = data.to_global(next(it), mesh)
         state, metrics, step_dev = cs.step(state, batch, key, step_dev)
@@ -349,9 +353,18 @@ def restore_final_state(config, workdir: str, method, mesh):
   stages = method.stages()
   for s in stages:
     if not _stage_complete(workdir, s):
+      steps = _trained_steps(workdir, method)[s.name]["steps"]
+      recorded = (workdir_lib.read_config(workdir) or {}).get("train", {}).get("steps")
+      hint = ""
+      if steps is not None and recorded is not None and int(recorded) != int(
+          config.train.steps):
+        hint = (f"; the run was trained with train.steps={recorded} and this config asks for "
+                f"train.steps={config.train.steps}: pass --config.train.steps={recorded}, or "
+                "omit --config to use the run's config.json")
       raise CheckpointError(
-          f"stage {s.name!r} of {workdir} is not trained to its end "
-          f"({os.path.join(workdir, 'checkpoints', s.name)}); run --mode=train first")
+          f"stage {s.name!r} of {workdir} is not trained to its end (step {steps or 0} of "
+          f"{s.steps}) "
+          f"({os.path.join(workdir, 'checkpoints', s.name)}){hint or '; run --mode=train first'}")
   state, _ = _restore_final(workdir, stages[-1], len(stages) - 1, mesh, config.mesh,
                             _abstract_before(stages, len(stages) - 1, mesh, config.mesh))
   return state
@@ -394,11 +407,13 @@ def _calibration_args(calibration: dict) -> dict:
 
 
 def score_split(config, method, state, calibration, mesh, records, data: DataAPI,
-                keep_maps: bool = True) -> dict:
+                keep_maps: bool = True, what: str = "scoring") -> dict:
   """Score every record: -> {"image_score" [N], "anomaly_map" [N,H,W] (if keep_maps),
-  "label" [N], "mask" [N,H,W] (if keep_maps), "index" [N]} in record order."""
+  "label" [N], "mask" [N,H,W] (if keep_maps), "index" [N]} in record order.
+  Logs progress with an ETA (`what` names the job: "calibration", "evaluation")."""
   score_fn = jax.jit(method.score)
   bs = int(config.input.eval_batch_size)
+  progress = logging_utils.Progress(what, total=-(-len(records) // bs), unit="batches")
   mesh_lib.per_host_batch_size(bs, jax.device_count(), jax.process_count(),
                                "input.eval_batch_size")
   cal = _calibration_args(calibration)
@@ -414,6 +429,8 @@ def score_split(config, method, state, calibration, mesh, records, data: DataAPI
     if keep_maps:
       parts["anomaly_map"].append(np.asarray(out["anomaly_map"], np.float32)[valid])
       parts["mask"].append(_gather_local(host_batch["mask"])[valid])
+    progress.update()
+  progress.done()
   res = {k: np.concatenate(v) for k, v in parts.items() if v}
   order = np.argsort(res["index"], kind="stable") if "index" in res else None
   return {k: v[order] for k, v in res.items()} if order is not None else res
@@ -445,9 +462,16 @@ def calibrate(config, workdir, method, state, mesh, splits, data,
   if len(splits.val) == 0:
     raise ConfigError("the validation split is empty: raise config.input.val_fraction "
                       f"(now {config.input.val_fraction}) so thresholds can be fitted")
-  val = score_split(config, method, state, calibration, mesh, splits.val, data)
-  stats = threshold.fit(val["image_score"], float(config.eval.threshold_quantile),
-                        val_maps=val["anomaly_map"])
+  val = score_split(config, method, state, calibration, mesh, splits.val, data,
+                    what="calibration (validation normals)")
+  q = float(config.eval.threshold_quantile)
+  stats = threshold.fit(val["image_score"], q, val_maps=val["anomaly_map"])
+  # one threshold per category too: a multi-category model's categories score
+  # on different scales, so a global threshold flags whole categories
+  cat_of = np.asarray([r.category for r in splits.val])[val["index"]]
+  stats["categories"] = list(splits.categories)
+  stats["per_category"] = {c: threshold.fit(val["image_score"][cat_of == c], q)
+                           for c in splits.categories if np.any(cat_of == c)}
   if jax.process_index() == 0:
     fileio.write_json(os.path.join(out_dir or workdir, "calibration.json"),
                       {"calibration": _to_jsonable(calibration),
@@ -484,7 +508,8 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
   out_dir = out_dir or os.path.join(workdir, "eval")
   calibration, stats = calibrate(config, workdir, method, state, mesh, splits, data,
                                  out_dir=out_dir if custom_out else None)
-  test = score_split(config, method, state, calibration, mesh, splits.test, data)
+  test = score_split(config, method, state, calibration, mesh, splits.test, data,
+                     what="evaluation (test split)")
   eval_time = time.perf_counter() - t0
   cat_of = np.asarray([r.category for r in splits.test])[test["index"]]
   per_category = {}
@@ -505,7 +530,7 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
                 "config_phases": workdir_lib.config_phases(workdir),
                 "stages_trained": _trained_steps(workdir, method)}
     base = None
-    if config.eval.get("baseline", True):  # the trivial reference row (maskjax.eval.baseline)
+    if config.eval.baseline:  # the trivial reference row (maskjax.eval.baseline)
       from maskjax.eval import baseline
       try:
         tb = time.perf_counter()
@@ -522,11 +547,46 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
     _write_test_scores(os.path.join(out_dir, "scores.csv"), splits, test, stats)
     if config.eval.get("plots", True):
       _plots(config, out_dir, splits, test)
+    last = max([v["steps"] or 0 for v in run_info["stages_trained"].values()] or [0])
+    figures = sorted(glob.glob(os.path.join(out_dir, "**", "*.png"), recursive=True))[:4]
+    logging_utils.log_evaluation(workdir, mean, per_category, step=last, images=figures)
     m = results["mean"]
     print(f"report: {md_path}")
     print("mean image AUROC {} | pixel AUROC {} | AUPRO {}".format(
         *(_fmt(m.get(k)) for k in ("image_auroc", "pixel_auroc", "aupro"))))
   return results
+
+
+def _trained_steps(workdir: str, method) -> dict:
+  """{stage: {"steps": trained (latest checkpoint), "planned": stage.steps}}."""
+  out = {}
+  for st in method.stages():
+    d = os.path.join(workdir, "checkpoints", st.name)
+    latest = None
+    if ckpt_lib.has_checkpoint(d):
+      c = ckpt_lib.StageCheckpointer(d, async_save=False, read_only=True)
+      try:
+        latest = c.latest_step()
+      finally:
+        c.close()
+    out[st.name] = {"steps": latest, "planned": int(st.steps)}
+  return out
+
+
+def _write_test_scores(path: str, splits, test: dict, stats: dict) -> None:
+  """One row per test image: path, category, defect, label, score, the score
+  normalised by its category's threshold, and the decision."""
+  from maskjax.eval import threshold
+  with fileio.atomic_open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["path", "category", "defect", "label", "score", "normalized_score",
+                "anomalous"])
+    for i, s in zip(test["index"], test["image_score"]):
+      r = splits.test[int(i)]
+      st, _ = threshold.for_category(stats, r.category)
+      w.writerow([r.path, r.category, r.defect, int(r.label), f"{float(s):.6g}",
+                  f"{float(threshold.normalize([s], st)[0]):.6g}",
+                  int(threshold.decide([s], st)[0])])
 
 
 def _fmt(v) -> str:
@@ -550,80 +610,70 @@ def _plots(config, out_dir, splits, test) -> None:
 # ----------------------------------------------------------------------------
 # prediction on a folder of images
 # ----------------------------------------------------------------------------
-def predict_paths(predict_dir: str) -> list[str]:
-  """The images of `predict_dir` (ConfigError when there are none)."""
-  if not predict_dir or not os.path.isdir(predict_dir):
-    raise ConfigError(f"predict mode needs a folder of images: config.eval.predict_dir / "
-                      f"--predict_dir is {predict_dir!r}")
-  paths = sorted(os.path.join(predict_dir, n) for n in os.listdir(predict_dir)
-                 if n.lower().endswith(IMAGE_EXTENSIONS))
-  if not paths:
-    raise ConfigError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {predict_dir}")
-  return paths
+def new_predict_dir(workdir: str) -> str:
+  """`<workdir>/predict/<n>` with the next free n: a call never overwrites another's."""
+  root = os.path.join(workdir, "predict")
+  taken = [int(n) for n in os.listdir(root) if n.isdigit()] if os.path.isdir(root) else []
+  return os.path.join(root, f"{max(taken, default=0) + 1:03d}")
 
 
-def heatmap_name(path: str) -> str:
-  """`a.png` -> `a.png_heatmap.png`: the extension stays in the name, so `a.png`
-  and `a.jpg` of one folder never share a heatmap file."""
-  return os.path.basename(path) + "_heatmap.png"
+def output_name(path: Optional[str], index: int) -> str:
+  """`a.png` -> `a.png`: the extension stays in output names, so `a.png` and
+  `a.jpg` of one folder never share an output file."""
+  return os.path.basename(path) if path else f"array_{index:04d}"
 
 
-def predict(config, workdir, method, state, mesh, predict_dir: str,
-            out_dir: Optional[str] = None) -> dict:
-  """Score every image in `predict_dir`; write `<out_dir>/scores.csv` (path, raw
-  score, normalised score, decision) and one heatmap PNG per image (`out_dir`
-  default `<workdir>/predict`)."""
-  from PIL import Image
-
-  from maskjax.data import images
-  from maskjax.eval import threshold
-  paths = predict_paths(predict_dir)
-  out_dir = out_dir or os.path.join(workdir, "predict")
+def predict(config, workdir, method, state, mesh, inputs, out_dir: Optional[str] = None,
+            category: Optional[str] = None) -> dict:
+  """Score an image, a folder or a glob (`maskjax.data.prepare.collect`) with the
+  run's model; write `<out_dir>/scores.csv` (path, category, threshold used,
+  score, normalised score, decision) and one overlay PNG per image (image |
+  heatmap with colour bar | outline of the region above the pixel threshold),
+  every map scaled by the calibrated thresholds, never by the other images.
+  `out_dir` defaults to a new `<workdir>/predict/<n>`."""
+  from maskjax import api
+  from maskjax.data import prepare
+  from maskjax.eval import plots
+  if not inputs:
+    raise ConfigError("predict mode needs images: --predict_dir (an image, a folder or a glob) "
+                      "or config.eval.predict_dir")
+  items = prepare.collect(inputs)
+  calibration, stats = load_calibration(workdir)
+  out_dir = out_dir or new_predict_dir(workdir)
   if jax.process_index() == 0:
     fileio.ensure_writable_dir(out_dir, "--output_dir")
-  calibration, stats = load_calibration(workdir)
-  size = int(config.input.image_size)
-  bs = int(config.input.eval_batch_size)
-  local = mesh_lib.per_host_batch_size(bs, jax.device_count(), jax.process_count(),
-                                       "input.eval_batch_size")
-  lo = jax.process_index() * local
-  score_fn = jax.jit(method.score)
-  cal = _calibration_args(calibration)
-  scores, maps = [], []
-  for start in range(0, len(paths), bs):
-    chunk = paths[start:start + bs]
-    imgs = np.zeros((bs, size, size, 3), np.float32)
-    for j, p in enumerate(chunk):
-      imgs[j] = images.load_image(p, size)
-    n = len(chunk)
-    host = {"image": imgs, "mask": np.zeros((bs, size, size), np.float32),
-            "label": np.zeros((bs,), np.int32), "category_id": np.zeros((bs,), np.int32),
-            "valid": np.arange(bs) < n, "index": np.arange(start, start + bs, dtype=np.int32)}
-    host = {k: v[lo:lo + local] for k, v in host.items()}
-    out = _gather(score_fn(state, mesh_lib.host_to_global(host, mesh), cal))
-    scores.append(np.asarray(out["image_score"], np.float32)[:n])
-    maps.append(np.asarray(out["anomaly_map"], np.float32)[:n])
-  scores = np.concatenate(scores)
-  maps = np.concatenate(maps)
-  norm = np.asarray(threshold.normalize(scores, stats), np.float64)
-  decision = np.asarray(threshold.decide(scores, stats), bool)
+  det = api.Detector(config, workdir, method, state, mesh, _calibration_args(calibration), stats)
+  logging_utils.info("predict: scoring %d image(s) with the model of %s", len(items), workdir)
+  preds = det.predict([it.path if it.path else it.array for it in items], category=category)
   if jax.process_index() == 0:
     with fileio.atomic_open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
       w = csv.writer(f)
-      w.writerow(["path", "score", "normalized_score", "anomalous"])
-      for p, s, ns, d in zip(paths, scores, norm, decision):
-        w.writerow([p, f"{s:.6g}", f"{ns:.6g}", int(d)])
-    lo_v, hi_v = float(np.min(maps)), float(np.max(maps))
-    for p, m in zip(paths, maps):
-      heat = np.clip((m - lo_v) / max(hi_v - lo_v, 1e-12), 0, 1)
-      with fileio.atomic_open(os.path.join(out_dir, heatmap_name(p)), "wb") as f:
-        Image.fromarray((heat * 255).round().astype(np.uint8)).save(f, format="PNG")
-    print(f"scores: {os.path.join(out_dir, 'scores.csv')} ({len(paths)} images, "
-          f"{int(np.sum(decision))} anomalous)")
-  return {"paths": paths, "scores": scores, "normalized_scores": norm, "decisions": decision,
-          "out_dir": out_dir}
+      w.writerow(["path", "category", "threshold", "score", "normalized_score", "anomalous"])
+      for p in preds:
+        w.writerow([p.path or "", p.category or "", p.threshold, f"{p.score:.6g}",
+                    f"{p.normalized_score:.6g}", int(p.decision)])
+    pixel_thr = float(stats.get("pixel_threshold") or 0.0)
+    for i, (it, p) in enumerate(zip(items, preds)):
+      image = (np.asarray(_original_rgb(it.path), np.float32) / 255.0 if it.path else
+               prepare.as_float_rgb(it.array))
+      plots.prediction_overlay(
+          os.path.join(out_dir, output_name(p.path, i) + "_overlay.png"), image=image,
+          anomaly_map=p.anomaly_map, pixel_threshold=pixel_thr,
+          title=f"{output_name(p.path, i)}: score {p.score:.4g} "
+                f"({p.normalized_score:.2f} x threshold, {p.threshold}) -> "
+                + ("ANOMALOUS" if p.decision else "normal"))
+    n_bad = sum(p.decision for p in preds)
+    print(f"scores: {os.path.join(out_dir, 'scores.csv')} ({len(preds)} images, {n_bad} anomalous)")
+  return {"paths": [p.path for p in preds], "scores": np.asarray([p.score for p in preds]),
+          "normalized_scores": np.asarray([p.normalized_score for p in preds]),
+          "decisions": np.asarray([p.decision for p in preds], bool),
+          "categories": [p.category for p in preds], "out_dir": out_dir}
 
 
+def _original_rgb(path: str):
+  from PIL import Image
+  with Image.open(path) as img:
+    return img.convert("RGB")
 
 
 # ----------------------------------------------------------------------------
@@ -655,12 +705,13 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
       fileio.ensure_writable_dir(workdir, "--workdir")
   if mode == "predict" or (mode == "eval" and output_dir):
     # read-only use of the run (outputs go elsewhere): no lock, safe beside a writer
-    check_workdir(config, workdir, write=False, allow_config_change=allow_config_change)
+    check_workdir(config, workdir, write=False, allow_config_change=allow_config_change,
+                  mode=mode)
     return _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train,
                        output_dir)
   with workdir_lib.WorkdirLock(workdir, mode=mode, enabled=writer):
     check_workdir(config, workdir, write=mode == "train",
-                  allow_config_change=allow_config_change)
+                  allow_config_change=allow_config_change, mode=mode)
     return _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train,
                        output_dir)
 
@@ -669,11 +720,15 @@ def _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train, ou
   from maskjax.methods import build_method
   data = data or DataAPI()
   if mode == "predict":
-    paths_dir = predict_dir or str(config.eval.get("predict_dir", ""))
-    predict_paths(paths_dir)  # fail before building anything
-    out = output_dir or os.path.join(workdir, "predict")
+    from maskjax.data import prepare
+    paths_dir = predict_dir or str(config.eval.predict_dir)
+    if not paths_dir:
+      raise ConfigError("predict mode needs images: --predict_dir (an image, a folder or a "
+                        "glob) or config.eval.predict_dir")
+    prepare.collect(paths_dir)  # fail before building anything
+    output_dir = output_dir or new_predict_dir(workdir)
     if jax.process_index() == 0:
-      fileio.ensure_writable_dir(out, "--output_dir" if output_dir else "--workdir")
+      fileio.ensure_writable_dir(output_dir, "--output_dir")
   method = build_method(config)
   method.workdir = workdir
   accum = int(config.optim.get("accum_steps", 1))

@@ -46,6 +46,10 @@ OPERATIONAL_KEYS = ("train.steps", "train.log_every", "train.checkpoint_every",
                     "input.num_workers", "input.prefetch", "input.eval_batch_size",
                     "input.cache_dir", "eval", "mesh")
 
+#: identity keys that eval / predict may change: a trained model may be
+#: evaluated on another copy or another dataset of the same layout.
+DATA_KEYS = ("input.data_dir", "input.format", "input.categories")
+
 LOCK_NAME = ".maskjax.lock"
 CONFIG_NAME = "config.json"
 
@@ -161,8 +165,18 @@ def read_config(workdir: str) -> Optional[dict]:
     raise WorkdirError(f"{path} is not a readable config ({e}); use another --workdir") from e
 
 
+def load_run_config(workdir: str):
+  """The run's recorded config (`config.json`) as a ConfigDict, for commands
+  that act on a finished run without `--config` (eval, predict, export)."""
+  import ml_collections
+  previous = read_config(workdir)
+  if previous is None:
+    raise WorkdirError(f"--workdir={workdir} holds no run (no {CONFIG_NAME}); train first")
+  return ml_collections.ConfigDict(previous)
+
+
 def check(config, workdir: str, *, write: bool = True, allow_config_change: bool = False,
-          command: str = "resume") -> None:
+          command: str = "resume", evaluating: bool = False) -> None:
   """Refuse a workdir holding another run or (without `allow_config_change`)
   another recipe; with `write`, record the config (keeping the previous one as
   `config.<n>.json` when it differs). Call with the workdir lock held."""
@@ -172,6 +186,8 @@ def check(config, workdir: str, *, write: bool = True, allow_config_change: bool
   changed = False
   if previous is not None:
     diffs = diff_configs(previous, current)
+    if evaluating:
+      diffs["identity"] = [d for d in diffs["identity"] if not _under(d[0], DATA_KEYS)]
     if diffs["identity"]:
       raise WorkdirError(
           f"--workdir={workdir} holds a different run ({path}); differing keys: "

@@ -83,10 +83,24 @@ def test_eval_and_predict_modes(full_run, tmp_path):
         tmp_path / f"img{i}.png")
   pred = train.run(cfg, str(wd), mode="predict", predict_dir=str(tmp_path))
   rows = open(os.path.join(pred["out_dir"], "scores.csv")).read().splitlines()
-  assert rows[0] == "path,score,normalized_score,anomalous" and len(rows) == 4
+  assert rows[0] == "path,category,threshold,score,normalized_score,anomalous" and len(rows) == 4
+  # the folder's name is no category of the model: the global threshold decides, and says so
+  assert all(r.split(",")[1:3] == ["", "global"] for r in rows[1:])
   np.testing.assert_array_equal(pred["decisions"], pred["scores"] > cal["threshold"]["threshold"])
   assert sorted(n for n in os.listdir(pred["out_dir"]) if n.endswith(".png")) == [
-      "img0.png_heatmap.png", "img1.png_heatmap.png", "img2.png_heatmap.png"]
+      "img0.png_overlay.png", "img1.png_overlay.png", "img2.png_overlay.png"]
+  assert pred["out_dir"] == str(wd / "predict" / "001")  # a new directory per call
+  again = train.run(cfg, str(wd), mode="predict", predict_dir=str(tmp_path / "img1.png"))
+  assert again["out_dir"] == str(wd / "predict" / "002")
+  assert again["scores"][0] == pred["scores"][1]  # one image's score ignores its neighbours'
+  # per-category thresholds: a sub-folder named after a category uses that category's
+  sub = tmp_path / "a"
+  sub.mkdir()
+  Image.open(tmp_path / "img0.png").save(sub / "img0.png")
+  by_cat = train.run(cfg, str(wd), mode="predict", predict_dir=str(sub))
+  assert by_cat["categories"] == ["a"]
+  thr_a = cal["threshold"]["per_category"]["a"]["threshold"]
+  np.testing.assert_array_equal(by_cat["decisions"], by_cat["scores"] > thr_a)
 
 
 def test_eval_without_checkpoint_fails(tmp_path):

@@ -7,7 +7,6 @@ import json
 import struct
 import sys
 import types
-import zlib
 
 from maskjax import logging_utils
 
@@ -30,12 +29,6 @@ def _load_event_pb2():
     sys.modules.update(saved)
 
 
-def test_crc32c_known_vector():
-  assert logging_utils.crc32c(b"123456789") == 0xE3069283   # RFC 3720 check value
-  assert logging_utils.crc32c(b"") == 0
-  assert zlib.crc32(b"123456789") != 0xE3069283               # not plain CRC-32
-
-
 def test_metrics_jsonl_and_tensorboard_events(tmp_path):
   with logging_utils.MetricLogger(str(tmp_path), stage="s1", total_steps=4,
                                   progress_bar=False, write=True) as lg:
@@ -52,9 +45,6 @@ def test_metrics_jsonl_and_tensorboard_events(tmp_path):
   while pos < len(data):
     (n,) = struct.unpack("<Q", data[pos:pos + 8])
     rec = data[pos + 12:pos + 12 + n]
-    (crc,) = struct.unpack("<I", data[pos + 12 + n:pos + 16 + n])
-    c = logging_utils.crc32c(rec)
-    assert crc == ((((c >> 15) | (c << 17)) + 0xA282EAD8) & 0xFFFFFFFF)   # TFRecord masking
     events.append(event_pb2.Event.FromString(rec))
     pos += 12 + n + 4
   assert events[0].file_version == "brain.Event:2"
@@ -62,3 +52,25 @@ def test_metrics_jsonl_and_tensorboard_events(tmp_path):
   assert scalars[(2, "s1/loss")] == 0.5
   assert scalars[(4, "s1/loss/a")] == 0.0625
   assert scalars[(4, "s1/lr")] == 1e-3 or abs(scalars[(4, "s1/lr")] - 1e-3) < 1e-9
+
+
+def test_evaluation_metrics_and_figures_reach_tensorboard(tmp_path):
+  from PIL import Image
+  fig = tmp_path / "fig.png"
+  Image.new("RGB", (8, 6), (255, 0, 0)).save(fig)
+  logging_utils.log_evaluation(str(tmp_path), {"image_auroc": 0.75, "aupro": None},
+                               {"cat": {"image_auroc": 0.5}}, step=12, images=[str(fig)])
+  (path,) = glob.glob(str(tmp_path / "tb" / "events.out.tfevents.*"))
+  data = open(path, "rb").read()
+  event_pb2 = _load_event_pb2()
+  events, pos = [], 0
+  while pos < len(data):
+    (n,) = struct.unpack("<Q", data[pos:pos + 8])
+    events.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + n]))
+    pos += 12 + n + 4
+  values = {(e.step, v.tag): v for e in events for v in e.summary.value}
+  assert values[(12, "eval/image_auroc")].simple_value == 0.75
+  assert values[(12, "eval_cat/image_auroc")].simple_value == 0.5
+  assert (12, "eval/aupro") not in values  # undefined metrics are left out
+  img = values[(12, "eval/fig")].image
+  assert (img.width, img.height) == (8, 6)

@@ -220,7 +220,8 @@ def _to_float_rgb(img: Image.Image, path: str, convert_unusual: bool) -> np.ndar
   return img.convert("RGB")  # RGBA: alpha dropped; P: palette colours; others
 
 
-def _resize_float(arr: np.ndarray, size: int) -> np.ndarray:
+def resize_float(arr: np.ndarray, size: int) -> np.ndarray:
+  """Float [H, W, C] -> [size, size, C], PIL bilinear per channel (no 8-bit rounding)."""
   chans = [np.asarray(Image.fromarray(arr[..., c], mode="F").resize((size, size), Image.BILINEAR))
            for c in range(arr.shape[-1])]
   return np.stack(chans, axis=-1).astype(np.float32)
@@ -234,7 +235,7 @@ def load_image(path: str, size: int, *, convert_unusual: bool = False) -> np.nda
   """
   img = _to_float_rgb(_open_decoded(path), path, convert_unusual)
   if isinstance(img, np.ndarray):
-    out = _resize_float(img, size)
+    out = resize_float(img, size)
   else:
     if img.size != (size, size):
       img = img.resize((size, size), Image.BILINEAR)

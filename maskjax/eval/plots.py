@@ -249,3 +249,38 @@ def roc_pro_curves(out_dir: str, *, image_scores: Any, anomaly_maps: Any = None,
     plt.close(fig)
     paths.append(path)
   return paths
+
+
+def prediction_overlay(path: str, *, image: np.ndarray, anomaly_map: np.ndarray,
+                       pixel_threshold: float, title: str) -> str:
+  """One PNG per predicted image: the image | its anomaly map in units of the
+  calibrated pixel threshold (colour bar; 1 = the threshold, fixed scale 0..2
+  so maps of different images compare) | the image with the outline of the
+  region above the threshold. Nothing depends on the other images scored."""
+  from maskjax import fileio
+  m = np.asarray(anomaly_map, np.float32)
+  scale = pixel_threshold if pixel_threshold > 0 else max(float(m.max()), 1e-12)
+  rel = m / scale
+  img = np.clip(np.asarray(image, np.float32), 0, 1)
+  if img.shape[:2] != m.shape:
+    from PIL import Image
+    img = np.asarray(Image.fromarray((img * 255).astype(np.uint8)).resize(
+        (m.shape[1], m.shape[0]), Image.BILINEAR), np.float32) / 255.0
+  fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
+  axes[0].imshow(img)
+  axes[0].set_title("image")
+  im = axes[1].imshow(rel, cmap="jet", vmin=0.0, vmax=2.0)
+  axes[1].set_title("anomaly map / pixel threshold")
+  fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.04)
+  axes[2].imshow(img)
+  if np.any(rel > 1.0) and not np.all(rel > 1.0):
+    axes[2].contour(rel > 1.0, levels=[0.5], colors="red", linewidths=1.5)
+  axes[2].set_title("above the threshold" if np.any(rel > 1.0) else "nothing above the threshold")
+  for a in axes:
+    a.axis("off")
+  fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  with fileio.atomic_open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=80)
+  plt.close(fig)
+  return path

@@ -243,6 +243,12 @@ def _markdown(method: str, dataset: str, per_category: Mapping[str, Mapping[str,
   facts = run_info.get("describe")
   if isinstance(facts, Mapping) and facts:
     lines += ["", "Run:", ""] + [f"- {k}: {v}" for k, v in facts.items()]
+  trained = run_info.get("stages_trained")
+  if isinstance(trained, Mapping) and trained:
+    lines += ["", "Trained: " + ", ".join(f"stage {k} {v.get('steps')} of {v.get('planned')} steps"
+                                          for k, v in trained.items()) + "."]
+  if run_info.get("maskjax_commit"):
+    lines += ["", f"maskjax commit: {run_info['maskjax_commit']}."]
   thr = run_info.get("threshold")
   if isinstance(thr, Mapping) and "threshold" in thr:
     lines += ["", f"Decision threshold (predict mode): {thr['threshold']:.6g} = quantile "
@@ -275,6 +281,8 @@ def write_reports(out_dir: str, *, method: str, dataset: str,
   of `maskjax.eval.baseline` (None: no baseline section).
   """
   run_info = dict(run_info or {})
+  vers = versions()
+  run_info.setdefault("maskjax_commit", vers.get("maskjax_commit"))
   os.makedirs(out_dir, exist_ok=True)
   per_category = {c: dict(v) for c, v in per_category.items()}
   mean = metrics_lib.mean_over_categories(per_category)
@@ -288,7 +296,7 @@ def write_reports(out_dir: str, *, method: str, dataset: str,
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
       "metrics": list(metrics_lib.METRICS), "units": "fraction",
       "per_category": per_category, "mean": mean, "published": pub, "baseline": base,
-      "run_config": run_info.get("config"), "versions": versions(),
+      "run_config": run_info.get("config"), "versions": vers,
       "device": run_info.get("device") or _device(), "timings": run_info.get("timings", {}),
       "run_info": run_info,
   }

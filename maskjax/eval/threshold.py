@@ -62,3 +62,12 @@ def normalize(scores: Any, stats: dict) -> np.ndarray:
 def decide(scores: Any, stats: dict) -> np.ndarray:
   """True where the image is anomalous: score > threshold."""
   return np.asarray(scores, np.float64) > float(stats["threshold"])
+
+
+def for_category(stats: dict, category: str | None) -> tuple[dict, str]:
+  """(threshold statistics, source) for images of `category`: the category's
+  own fit when calibration made one ("category"), else the global one ("global")."""
+  per = stats.get("per_category") or {}
+  if category is not None and category in per:
+    return per[category], "category"
+  return stats, "global"
