@@ -88,9 +88,12 @@ class MetricLogger:
   """Writes one stage's log steps. Use as a context manager, or call close()."""
 
   def __init__(self, workdir: str, *, stage: str, total_steps: int, start_step: int = 0,
-               progress_bar: bool = True, write: Optional[bool] = None):
+               progress_bar: bool = True, write: Optional[bool] = None, later_steps: int = 0):
     self.stage = stage
     self.total_steps = int(total_steps)
+    # steps of the stages still to train after this one: the run's ETA counts
+    # them at this stage's speed (an estimate: stages differ in cost)
+    self.later_steps = int(later_steps)
     self.write = (jax.process_index() == 0) if write is None else write
     self._jsonl = None
     self._tb = None
@@ -146,8 +149,11 @@ class MetricLogger:
     if self._bar is not None:
       self._bar.update(int(step) - self._bar.n)
       self._bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{ips:.1f}")
-    logging.info("[%s] step %d/%d loss %.5g  %.1f img/s  ETA %s", self.stage, step,
-                 self.total_steps, loss, ips, _fmt_eta(remaining))
+    run_eta = ""
+    if self.later_steps and rec["steps_per_s"]:
+      run_eta = "  run ETA ~" + _fmt_eta(remaining + self.later_steps / rec["steps_per_s"])
+    logging.info("[%s] step %d/%d loss %.5g  %.1f img/s  ETA %s%s", self.stage, step,
+                 self.total_steps, loss, ips, _fmt_eta(remaining), run_eta)
     return rec
 
   def close(self) -> None:

@@ -199,8 +199,10 @@ def _records_for(splits, name: str):
 
 
 def train_stage(config, workdir: str, stage, stage_index: int, previous_state: PyTree, mesh,
-                splits, data: DataAPI, abstract_previous: PyTree = None) -> PyTree:
-  """Train (or resume, or skip when complete) one stage; returns its final state."""
+                splits, data: DataAPI, abstract_previous: PyTree = None,
+                later_steps: int = 0) -> PyTree:
+  """Train (or resume, or skip when complete) one stage; returns its final state.
+  `later_steps`: steps of the stages that follow (for the run's ETA)."""
   tcfg = config.train
   ckpt_dir = os.path.join(workdir, "checkpoints", stage.name)
   if abstract_previous is None and previous_state is not None:
@@ -239,7 +241,8 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
     ckpt_every = max(int(tcfg.get("checkpoint_every", 0)), 0)
     logger = logging_utils.MetricLogger(workdir, stage=stage.name, total_steps=stage.steps,
                                         start_step=step,
-                                        progress_bar=bool(tcfg.get("progress_bar", True)))
+                                        progress_bar=bool(tcfg.get("progress_bar", True)),
+                                        later_steps=later_steps)
     pending: list[tuple[int, dict]] = []
     first = True
     try:
@@ -335,8 +338,9 @@ def train_all(config, workdir: str, method, mesh, splits, data: Optional[DataAPI
     if state is None and abstract is not None:   # a skipped stage's state is needed now
       state, abstract = _restore_final(workdir, stages[i - 1], i - 1, mesh, config.mesh,
                                        _abstract_before(stages, i - 1, mesh, config.mesh))
+    later = sum(s.steps for s, done in zip(stages[i + 1:], complete[i + 1:]) if not done)
     state = train_stage(config, workdir, stage, i, state, mesh, splits, data,
-                        abstract_previous=abstract)
+                        abstract_previous=abstract, later_steps=later)
     abstract = jax.eval_shape(lambda x: x, state)
   return state
 

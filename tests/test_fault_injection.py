@@ -519,7 +519,7 @@ def test_predict_keeps_one_heatmap_per_file_and_writes_where_asked(finished_run,
   out = tmp_path / "pred"
   res = train.run(_toy(), str(finished_run), mode="predict", predict_dir=str(imgs),
                   output_dir=str(out))
-  assert sorted(os.listdir(out)) == ["a.jpg_heatmap.png", "a.png_heatmap.png", "scores.csv"]
+  assert sorted(os.listdir(out)) == ["a.jpg_overlay.png", "a.png_overlay.png", "scores.csv"]
   assert res["out_dir"] == str(out)
 
 

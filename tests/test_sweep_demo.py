@@ -48,7 +48,8 @@ def test_demo_sweep_interrupt_resume_and_report(tmp_path):
   assert rep.returncode == 0, rep.stderr[-3000:]
   md = open(os.path.join(root, "report", "demo_image_auroc.md")).read()
   assert "riad" in md and "ssm" in md
-  for cat in ("fabric", "pill", "tiles", "washer"):
+  from maskjax.data.demo import DEMO_CATEGORIES
+  for cat in DEMO_CATEGORIES:
     assert f"| {cat} |" in md
   assert "(n=2)" in md                                       # mean +- std over the 2 seeds
   assert os.path.getsize(os.path.join(root, "report", "demo_image_auroc.png")) > 0

@@ -309,5 +309,6 @@ def test_balanced_sampling_quotas_and_per_category_runs():
   with pytest.raises(ConfigError, match="one model per category"):
     methods.build_method(mala_config.get_config("demo,per_category")).stages()
   one = mala_config.get_config("demo,per_category")
+  one.input.demo_source = "synthetic"
   one.input.categories = ("pill",)
   assert len(methods.build_method(one).stages()) == 2

@@ -27,6 +27,10 @@ def _tiny_config(*variants, **method):
   c.method.train_ks = (4, 8)
   c.method.max_iters = 6
   c.train.steps = 2
+  # Algorithm 1 as written (the NumPy reference below); the demo's own choices
+  # (s0_visible refined map, max score) are tested in test_ssm_refined_map.py
+  c.method.refined_map = "as_written"
+  c.method.image_score = "as_written"
   for k, v in method.items():
     c.method[k] = v
   return c
