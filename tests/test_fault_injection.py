@@ -28,21 +28,12 @@ from maskjax import workdir as workdir_lib
 from maskjax.data import archives
 from maskjax.errors import CheckpointError, ConfigError, DataError, WorkdirError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKER = os.path.join(ROOT, "tests", "helpers_toy_method.py")
+from test_train_multiprocess import WORKER, _env  # the toy worker and its clean environment
 
 
 # ----------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------
-def _env(**extra):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  for k in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "MASKJAX_COORDINATOR", "MASKJAX_NUM_PROCESSES",
-            "MASKJAX_PROCESS_ID"):
-    env.pop(k, None)
-  env.update(extra)
-  return env
-
 
 def _worker(workdir, *args, out=None, env=None, wait=True, timeout=240):
   cmd = [sys.executable, WORKER, "--workdir", str(workdir),
