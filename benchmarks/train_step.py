@@ -32,6 +32,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -39,6 +40,7 @@ import numpy as np  # noqa: E402
 from maskjax import mesh as mesh_lib  # noqa: E402
 from maskjax import train  # noqa: E402
 from maskjax.methods import KNOWN_METHODS, build_method  # noqa: E402
+from _common import compiled_flops, peak_memory  # noqa: E402
 
 
 def _load_config(name: str, variant: str):
@@ -56,27 +58,6 @@ def _implemented() -> list[str]:
         os.path.join(ROOT, "configs", f"{name}.py")):
       out.append(name)
   return out
-
-
-def _flops(compiled) -> float | None:
-  try:
-    ca = compiled.cost_analysis()
-  except Exception:  # noqa: BLE001 - not every backend reports costs
-    return None
-  if isinstance(ca, (list, tuple)):
-    ca = ca[0] if ca else None
-  if not ca:
-    return None
-  f = ca.get("flops")
-  return float(f) if f is not None and f > 0 else None
-
-
-def _peak_memory() -> int | None:
-  try:
-    stats = jax.local_devices()[0].memory_stats() or {}
-  except Exception:  # noqa: BLE001
-    return None
-  return stats.get("peak_bytes_in_use")
 
 
 def bench_method(name: str, args, workroot: str) -> list[dict]:
@@ -113,7 +94,7 @@ def bench_method(name: str, args, workroot: str) -> list[dict]:
     t0 = time.perf_counter()
     compiled = cs.step.lower(state, batch, key, step).compile()
     compile_s = time.perf_counter() - t0
-    flops = _flops(compiled)
+    flops = compiled_flops(compiled)
     for _ in range(args.warmup):
       state, metrics, step = compiled(state, batch, key, step)
     jax.block_until_ready((state, metrics))
@@ -135,7 +116,7 @@ def bench_method(name: str, args, workroot: str) -> list[dict]:
            "model_flops_per_step": flops}
     if jax.default_backend() != "cpu":
       row["achieved_tflops"] = flops / mean / 1e12 if flops else None
-      row["peak_memory_bytes"] = _peak_memory()
+      row["peak_memory_bytes"] = peak_memory()
     rows.append(row)
     print(f"  {name}/{stage.name}: compile {compile_s:.1f}s, {row['steps_per_s']:.3f} steps/s, "
           f"{row['images_per_s']:.2f} img/s", flush=True)
