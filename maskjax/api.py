@@ -72,10 +72,11 @@ class Detector:
     from maskjax import mesh as mesh_lib
     from maskjax import train
     from maskjax import workdir as workdir_lib
+    from maskjax import data_info
     from maskjax.methods import build_method
     workdir = os.path.abspath(workdir)
     config = config if config is not None else workdir_lib.load_run_config(workdir)
-    method = build_method(config)
+    method = build_method(config, data_info.for_workdir(config, workdir))
     method.workdir = workdir
     mesh = mesh_lib.make_mesh(config.mesh)
     state = train.restore_final_state(config, workdir, method, mesh)

@@ -19,7 +19,6 @@ with jax and numpy alone; see that module for the files written.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -96,11 +95,12 @@ def export_run(workdir: str, out_dir: str, *, config=None,
   from maskjax import mesh as mesh_lib
   from maskjax import train
   from maskjax import workdir as workdir_lib
+  from maskjax import data_info
   from maskjax.methods import build_method
   workdir = os.path.abspath(workdir)
   config = config if config is not None else workdir_lib.load_run_config(workdir)
   fileio.ensure_writable_dir(out_dir, "--out")
-  method = build_method(config)
+  method = build_method(config, data_info.for_workdir(config, workdir))
   method.workdir = workdir
   mesh = mesh_lib.make_mesh(config.mesh)
   state = train.restore_final_state(config, workdir, method, mesh)

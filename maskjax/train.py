@@ -32,19 +32,18 @@ from __future__ import annotations
 
 import csv
 import glob
-import inspect
 import json
 import os
 import time
 from typing import Any, Iterable, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
 from maskjax import checkpoint as ckpt_lib
-from maskjax import config_base, fileio, logging_utils
+from maskjax import config_base, fileio, logging_utils, train_state
+from maskjax import data_info as data_info_lib
 from maskjax import mesh as mesh_lib
 from maskjax import workdir as workdir_lib
 from maskjax.errors import (CheckpointError, ConfigError, DataError, NonFiniteLossError,
@@ -76,15 +75,10 @@ class DataAPI:
                      host_transform=None, process_index: int = 0, process_count: int = 1,
                      samples_per_epoch=None) -> Iterator[dict]:
     from maskjax.data import pipeline
-    kwargs = dict(global_batch_size=global_batch_size, seed=seed,
-                  host_transform=host_transform, process_index=process_index,
-                  process_count=process_count)
-    if samples_per_epoch is not None:
-      if "samples_per_epoch" in inspect.signature(pipeline.train_dataset).parameters:
-        kwargs["samples_per_epoch"] = samples_per_epoch
-      else:
-        logging.warning("the data pipeline ignores Stage.samples_per_epoch")
-    return iter(pipeline.train_dataset(input_cfg, records, **kwargs))
+    return iter(pipeline.train_dataset(
+        input_cfg, records, global_batch_size=global_batch_size, seed=seed,
+        host_transform=host_transform, process_index=process_index,
+        process_count=process_count, samples_per_epoch=samples_per_epoch))
 
   def eval_batches(self, input_cfg, records, *, global_batch_size: int, process_index: int = 0,
                    process_count: int = 1) -> Iterable[dict]:
@@ -127,14 +121,14 @@ def data_seed(seed: int, stage_index: int) -> int:
 
 
 class CompiledStage:
-  """A stage's init and train step under `jax.jit` with explicit shardings.
+  """A resolved stage's init and train step under `jax.jit` with explicit shardings.
 
     cs = CompiledStage(stage, mesh, config.mesh, abstract_previous_state)
     state = cs.init(rng, previous_state)
-    state, metrics, step = cs.step(state, batch, key, step)   # state and step donated
+    state, metrics = cs.step(state, batch, key)   # state donated
 
-  `step` is an int32 device scalar (replicated); the step rng is
-  `fold_in(key, step)` computed on device, so no host transfer per step.
+  The step counter is the state's "step" (`maskjax.train_state`); the step rng
+  is `fold_in(key, step)` computed on device, so no host transfer per step.
   """
 
   def __init__(self, stage, mesh, mesh_cfg=None, abstract_previous: PyTree = None,
@@ -150,19 +144,14 @@ class CompiledStage:
     self.init = jax.jit(stage.init, out_shardings=self.state_shardings)
     train_step = stage.train_step
 
-    def step_fn(state, batch, key, step):
-      state, metrics = train_step(state, batch, jax.random.fold_in(key, step))
-      return state, metrics, step + 1
+    def step_fn(state, batch, key):
+      return train_step(state, batch, jax.random.fold_in(key, state["step"]))
 
     self.step = jax.jit(step_fn,
                         in_shardings=(self.state_shardings, self.batch_sharding,
-                                      self.replicated, self.replicated),
-                        out_shardings=(self.state_shardings, self.replicated, self.replicated),
-                        donate_argnums=(0, 3) if donate else ())
-
-  def step_counter(self, step: int) -> jax.Array:
-    """Replicated int32 step (created under jit: works on multi-process meshes)."""
-    return jax.jit(lambda: jnp.asarray(step, jnp.int32), out_shardings=self.replicated)()
+                                      self.replicated),
+                        out_shardings=(self.state_shardings, self.replicated),
+                        donate_argnums=(0,) if donate else ())
 
   def init_from_seed(self, seed: int, stage_index: int, previous_state: PyTree) -> PyTree:
     """`stage.init(init_key(seed, stage_index), previous_state)` with the key made
@@ -218,7 +207,8 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
       state, _ = ckpt.restore(latest, cs.abstract_with_shardings)
       return state
 
-    mesh_lib.per_host_batch_size(stage.batch_size, jax.device_count(), jax.process_count())
+    mesh_lib.per_host_batch_size(stage.batch_size, jax.device_count(), jax.process_count(),
+                                 stage.batch_key)
     it = data.train_iterator(
         config.input, _records_for(splits, stage.train_split),
         global_batch_size=stage.batch_size, seed=data_seed(config.seed, stage_index),
@@ -236,7 +226,6 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
                          stage.steps, stage.batch_size)
     last_good = latest
     key = cs.stage_key(int(config.seed), stage_index)
-    step_dev = cs.step_counter(step)
     log_every = max(int(tcfg.get("log_every", 10)), 1)
     ckpt_every = max(int(tcfg.get("checkpoint_every", 0)), 0)
     logger = logging_utils.MetricLogger(workdir, stage=stage.name, total_steps=stage.steps,
@@ -250,7 +239,7 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
                          stage.name)
       while step < stage.steps:
         batch = data.to_global(next(it), mesh)
-        state, metrics, step_dev = cs.step(state, batch, key, step_dev)
+        state, metrics = cs.step(state, batch, key)
         step += 1
         pending.append((step, metrics))
         if first:
@@ -323,7 +312,7 @@ def train_all(config, workdir: str, method, mesh, splits, data: Optional[DataAPI
   """Train every stage in order (resuming / skipping complete ones); returns
   the final state of the last stage."""
   data = data or DataAPI()
-  stages = method.stages()
+  stages = train_state.resolve_stages(method, config)
   if not stages:
     raise ConfigError(f"method {config.method.name!r} has no stages")
   complete = [_stage_complete(workdir, s) for s in stages]
@@ -354,7 +343,7 @@ def _abstract_before(stages, index, mesh, mesh_cfg):
 
 def restore_final_state(config, workdir: str, method, mesh):
   """The final state of the last stage (eval/predict modes)."""
-  stages = method.stages()
+  stages = train_state.resolve_stages(method, config)
   for s in stages:
     if not _stage_complete(workdir, s):
       steps = _trained_steps(workdir, method)[s.name]["steps"]
@@ -448,15 +437,6 @@ def _val_batches(config, splits, mesh, data):
     yield data.to_global(b, mesh)
 
 
-def _dataset_name(config) -> str:
-  fmt = str(config.input.format)
-  if not config.input.data_dir:
-    return "demo"
-  if fmt in ("mvtec", "visa"):
-    return fmt
-  return os.path.basename(os.path.normpath(str(config.input.data_dir))) or fmt
-
-
 def calibrate(config, workdir, method, state, mesh, splits, data,
               out_dir: Optional[str] = None) -> tuple[dict, Any]:
   """Method calibration + decision threshold on the validation split, saved as
@@ -544,7 +524,7 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
       except Exception as e:  # noqa: BLE001 - the reference row never fails a finished run
         logging.warning("baseline failed: %s: %s", type(e).__name__, e)
     json_path, md_path = report.write_reports(out_dir, method=config.method.name,
-                                              dataset=_dataset_name(config),
+                                              dataset=data_info_lib.dataset_name(config),
                                               per_category=per_category, run_info=run_info,
                                               baseline=base)
     results.update(report_json=str(json_path), report_md=str(md_path))
@@ -564,7 +544,7 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
 def _trained_steps(workdir: str, method) -> dict:
   """{stage: {"steps": trained (latest checkpoint), "planned": stage.steps}}."""
   out = {}
-  for st in method.stages():
+  for st in train_state.resolve_stages(method, method.config):
     d = os.path.join(workdir, "checkpoints", st.name)
     latest = None
     if ckpt_lib.has_checkpoint(d):
@@ -733,12 +713,20 @@ def _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train, ou
     output_dir = output_dir or new_predict_dir(workdir)
     if jax.process_index() == 0:
       fileio.ensure_writable_dir(output_dir, "--output_dir")
-  method = build_method(config)
+  splits = None
+  info = data_info_lib.load(workdir) if mode != "train" else None
+  if mode != "predict" or info is None:
+    splits = data.load_splits(config.input, int(config.seed))
+    current = data_info_lib.from_splits(splits, config)
+    if mode == "train":
+      recorded = data_info_lib.load(workdir)
+      if recorded is not None:
+        data_info_lib.check_same(recorded, current, workdir)
+      elif jax.process_index() == 0:
+        data_info_lib.save(workdir, current)
+    info = info or current
+  method = build_method(config, info)
   method.workdir = workdir
-  accum = int(config.optim.get("accum_steps", 1))
-  if accum > 1 and not method.supports_accumulation:
-    raise ConfigError(f"config.optim.accum_steps={accum}: method {config.method.name!r} does not "
-                      "support gradient accumulation yet; use accum_steps=1")
   mesh = mesh_lib.make_mesh(config.mesh)
   for k, v in (method.describe() or {}).items():
     logging_utils.info("method %s: %s", k, v)
@@ -748,7 +736,6 @@ def _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train, ou
     state = restore_final_state(config, workdir, method, mesh)
     results.update(predict(config, workdir, method, state, mesh, paths_dir, out_dir=output_dir))
     return results
-  splits = data.load_splits(config.input, int(config.seed))
   if not splits.val:  # the decision threshold needs validation normals: fail before training
     raise ConfigError("the validation split is empty: the decision threshold is fitted on "
                       "held-out training normals; raise config.input.val_fraction (now "

@@ -1,12 +1,13 @@
 """Helpers every method's stages use: optimisers from the config, NNX
-split/merge to plain pytrees, gradient accumulation and mixed precision.
+split/merge to plain pytrees and mixed precision (gradient accumulation is
+the loop's: `maskjax.train_state`).
 
 Everything here is pure JAX and jit-friendly; the loop in `maskjax.train`
 decides shardings and donation.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -60,22 +61,6 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     return lambda t: end + (lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.mod(t, period) / period))
   raise ConfigError(f"unknown config.optim.schedule {name!r}; known: constant, step, "
                     "warmup_cosine, warmup, sgdr")
-
-
-def steps_from_config(config) -> int:
-  """Steps of a single-stage method: `train.steps` if > 0, else
-  `train.epochs * method.steps_per_epoch`."""
-  steps = int(config.train.get("steps", 0))
-  if steps > 0:
-    return steps
-  epochs = int(config.train.get("epochs", 0))
-  per_epoch = int(config.method.get("steps_per_epoch", 0))
-  if epochs > 0 and per_epoch > 0:
-    return epochs * per_epoch
-  raise ConfigError(
-      f"config.train.steps is {steps} and config.train.epochs ({epochs}) x "
-      f"config.method.steps_per_epoch ({per_epoch}) is not positive: set "
-      "--config.train.steps=N or both epochs and steps_per_epoch")
 
 
 def make_optimizer(optim_cfg, total_steps: int,
@@ -161,6 +146,18 @@ class Functional:
     return out, new_r.to_pure_dict()
 
 
+def abstract_functional(factory) -> Functional:
+  """`Functional` over an abstract (shape-only) instance of `factory(rngs)`:
+  no parameters allocated."""
+  return Functional(nnx.eval_shape(lambda: factory(nnx.Rngs(0))))
+
+
+def init_pure(factory, rng: jax.Array) -> tuple[dict, dict]:
+  """Fresh (params, rest) plain dicts of `factory(rngs)` (jit-safe)."""
+  _, params, rest = split_pure(factory(nnx.Rngs(params=rng)))
+  return params, rest
+
+
 def set_mode(module: nnx.Module, train: bool) -> None:
   """BatchNorm/Dropout train/eval switch on a merged module."""
   if train:
@@ -172,37 +169,6 @@ def set_mode(module: nnx.Module, train: bool) -> None:
 # ----------------------------------------------------------------------------
 # gradients
 # ----------------------------------------------------------------------------
-def value_and_grad_accum(loss_fn: Callable, params: PyTree, batch: dict, rng: jax.Array,
-                         accum_steps: int = 1, has_aux: bool = True):
-  """`jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)` averaged
-  over `accum_steps` equal micro-batches (leading dim split), run as a
-  `lax.scan` so memory is one micro-batch. Aux must be a dict of scalars
-  (averaged) whose key "state" (optional) is taken from the last micro-step."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=has_aux)
-  if accum_steps <= 1:
-    return grad_fn(params, batch, rng)
-  def split(x):
-    if x.shape[0] % accum_steps:
-      raise ValueError(f"batch dimension {x.shape[0]} not divisible by accum_steps={accum_steps}")
-    return x.reshape((accum_steps, x.shape[0] // accum_steps) + x.shape[1:])
-  micro = jax.tree.map(split, batch)
-  rngs = jax.random.split(rng, accum_steps)
-
-  def body(carry, inp):
-    g_acc, l_acc = carry
-    mb, r = inp
-    (l, aux), g = grad_fn(params, mb, r)
-    g_acc = jax.tree.map(jnp.add, g_acc, g)
-    return (g_acc, l_acc + l), aux
-
-  zeros = jax.tree.map(jnp.zeros_like, params)
-  (g, l), auxs = jax.lax.scan(body, (zeros, jnp.zeros((), jnp.float32)), (micro, rngs))
-  g = jax.tree.map(lambda x: x / accum_steps, g)
-  aux = {k: (jax.tree.map(lambda v: v[-1], v) if k == "state" else jnp.mean(v, axis=0))
-         for k, v in auxs.items()}
-  return (l / accum_steps, aux), g
-
-
 def apply_updates(tx: optax.GradientTransformation, params: PyTree, opt_state: PyTree,
                   grads: PyTree):
   updates, opt_state = tx.update(grads, opt_state, params)

@@ -22,9 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from maskjax import config_base, train_utils
+from maskjax import config_base
 from maskjax.data.records import Record, Splits
-from maskjax.methods import Method, Stage, register
+from maskjax.methods import Duration, Method, Stage, register
 
 HIDDEN = 32
 
@@ -41,16 +41,14 @@ class Toy(Method):
     h = jnp.tanh(x @ params["w1"] + params["b1"])
     return h, h @ params["w2"]
 
-  def _make_stage(self, name: str, steps: int, frozen_w1: bool) -> Stage:
+  def _make_stage(self, name: str, frozen_w1: bool) -> Stage:
     cfg = self.config
     size, d = self._dims()
     mask = {"w1": not frozen_w1, "b1": True, "w2": True} if frozen_w1 else None
-    tx = train_utils.make_optimizer(cfg.optim, steps, trainable_mask=mask)
-    nan_at = int(cfg.method.get("nan_at_step", -1))
-    accum = int(cfg.optim.get("accum_steps", 1))
-    width = int(cfg.method.get("hidden", HIDDEN))
+    nan_at = int(cfg.method.nan_at_step)
+    width = int(cfg.method.hidden)
 
-    def init(rng, previous):
+    def init_model(rng, previous):
       if previous is not None:
         params = previous["params"]
       else:
@@ -58,33 +56,26 @@ class Toy(Method):
         params = {"w1": jax.random.normal(k1, (d, width)) / np.sqrt(d),
                   "b1": jnp.zeros((width,)),
                   "w2": jax.random.normal(k2, (width, d)) / np.sqrt(width)}
-      return {"params": params, "opt": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+      return params, {}, {}
 
-    def train_step(state, batch, rng):
-      def loss_fn(params, mb, r):
-        x = mb["image"].reshape(mb["image"].shape[0], -1)
-        noisy = x + 0.01 * jax.random.normal(r, x.shape)
-        h, out = self._forward(params, noisy)
-        recon = jnp.mean((out - x) ** 2)
-        reg = 0.01 * jnp.mean(h ** 2)
-        reg = jnp.where(state["step"] + 1 == nan_at, jnp.nan, reg)
-        return recon + reg, {"loss/recon": recon, "loss/reg": reg}
+    def loss_fn(params, state, mb, r, step):
+      x = mb["image"].reshape(mb["image"].shape[0], -1)
+      noisy = x + 0.01 * jax.random.normal(r, x.shape)
+      h, out = self._forward(params, noisy)
+      recon = jnp.mean((out - x) ** 2)
+      reg = 0.01 * jnp.mean(h ** 2)
+      reg = jnp.where(step + 1 == nan_at, jnp.nan, reg)
+      return recon + reg, {"loss/recon": recon, "loss/reg": reg}
 
-      (loss, aux), grads = train_utils.value_and_grad_accum(loss_fn, state["params"], batch, rng,
-                                                            accum_steps=accum)
-      params, opt = train_utils.apply_updates(tx, state["params"], state["opt"], grads)
-      metrics = dict(aux, loss=loss, grad_norm=train_utils.global_norm(grads))
-      return {"params": params, "opt": opt, "step": state["step"] + 1}, metrics
-
-    return Stage(name=name, steps=steps, batch_size=int(cfg.input.batch_size), init=init,
-                 train_step=train_step)
+    return Stage(name=name, duration=Duration(epochs=int(cfg.train.epochs)),
+                 batch_size=int(cfg.input.batch_size), optim=cfg.optim, init_model=init_model,
+                 loss_fn=loss_fn, trainable=mask)
 
   def stages(self):
-    steps = int(self.config.train.steps)
-    out = [self._make_stage("pre" if self.config.method.get("two_stages") else "train", steps,
-                            False)]
-    if self.config.method.get("two_stages"):
-      out.append(self._make_stage("fine", steps, True))
+    two = bool(self.config.method.two_stages)
+    out = [self._make_stage("pre" if two else "train", False)]
+    if two:
+      out.append(self._make_stage("fine", True))
     return out
 
   def calibrate(self, state, val_batches):

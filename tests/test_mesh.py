@@ -22,8 +22,8 @@ _SCRIPT = textwrap.dedent("""
   sys.path[:0] = [{root!r}, os.path.join({root!r}, "tests")]
   import jax, numpy as np
   import helpers_toy_method as toy
+  import stage_helpers
   from maskjax import mesh as mesh_lib, train
-  from maskjax.methods import build_method
   assert jax.device_count() == 8
 
   cfg = toy.toy_config(**{{"input.batch_size": 16, "mesh.fsdp_min_size": 64}})
@@ -33,11 +33,12 @@ _SCRIPT = textwrap.dedent("""
 
   def one_step(mesh_cfg, devices):
     mesh = mesh_lib.make_mesh(mesh_cfg, devices)
-    stage = build_method(cfg).stages()[0]
+    stage = stage_helpers.stages(stage_helpers.build(cfg))[0]
     cs = train.CompiledStage(stage, mesh, mesh_cfg, donate=False)
     state = cs.init_from_seed(0, 0, None)
     batch = data.to_global(host_batch, mesh)
-    new, metrics, step = cs.step(state, batch, cs.stage_key(0, 0), cs.step_counter(0))
+    new, metrics = cs.step(state, batch, cs.stage_key(0, 0))
+    step = new["step"]
     specs = {{k: str(v.sharding.spec) for k, v in new["params"].items()}}
     out = {{k: np.asarray(v).tolist() for k, v in toy._flat_params(new).items()}}
     metrics = {{k: float(v) for k, v in metrics.items()}}

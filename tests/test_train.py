@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+import stage_helpers  # noqa: E402
 import helpers_toy_method as toy  # noqa: E402
 
 from maskjax import checkpoint as ckpt_lib  # noqa: E402
@@ -134,9 +135,9 @@ def test_nan_names_step_and_term_and_keeps_last_good(tmp_path):
   d = tmp_path / "checkpoints" / "train"
   assert sorted(os.listdir(d)) == ["4"]
   # the last good checkpoint restores and is finite
-  method = build_method(cfg)
+  method = stage_helpers.build(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  cs = train.CompiledStage(method.stages()[0], mesh, cfg.mesh)
+  cs = train.CompiledStage(stage_helpers.stages(method)[0], mesh, cfg.mesh)
   c = ckpt_lib.StageCheckpointer(str(d), async_save=False)
   state, meta = c.restore(4, cs.abstract_with_shardings)
   c.close()
@@ -150,9 +151,9 @@ def test_two_stages_frozen_subtree_and_accumulation(tmp_path):
                           "optim.accum_steps": 2})
   final = _train(cfg, tmp_path)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["fine", "pre"]
-  method = build_method(cfg)
+  method = stage_helpers.build(cfg)
   mesh = mesh_lib.make_mesh(cfg.mesh)
-  pre, _ = train._restore_final(str(tmp_path), method.stages()[0], 0, mesh, cfg.mesh, None)
+  pre, _ = train._restore_final(str(tmp_path), stage_helpers.stages(method)[0], 0, mesh, cfg.mesh, None)
   assert int(pre["step"]) == 4 and int(final["step"]) == 4
   np.testing.assert_array_equal(np.asarray(final["params"]["w1"]),
                                 np.asarray(pre["params"]["w1"]))   # frozen in "fine"

@@ -9,7 +9,7 @@ import importlib
 
 from maskjax.errors import ConfigError
 
-from maskjax.methods.base import Method, Stage  # noqa: F401
+from maskjax.methods.base import DataInfo, Duration, Method, Stage  # noqa: F401
 
 #: name -> module path (imported on first use)
 KNOWN_METHODS = {
@@ -57,7 +57,8 @@ def get_method_class(name: str):
   return _REGISTRY[name]
 
 
-def build_method(config):
+def build_method(config, data: DataInfo):
+  """The method of `config.method.name` for a run on `data` (its `DataInfo`)."""
   cls = get_method_class(config.method.name)
   init_from = str(config.model.init_from) if "init_from" in config.model else ""
   if init_from and not cls.uses_init_from:
@@ -66,4 +67,4 @@ def build_method(config):
         "that reads it (it would be ignored); leave it empty"
         + ("; EAR's saliency ViT reads config.model.saliency_init_from"
            if "saliency_init_from" in config.model else ""))
-  return cls(config)
+  return cls(config, data)

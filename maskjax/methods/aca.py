@@ -94,7 +94,7 @@ from flax import nnx
 from maskjax import methods
 from maskjax import train_utils
 from maskjax.errors import CheckpointError, ConfigError
-from maskjax.methods.base import Method, Stage
+from maskjax.methods.base import Duration, Method, Stage
 from maskjax.models import aca_heads
 from maskjax.models import vit as vit_lib
 from maskjax.ops import cutpaste, losses, masks, normalize, sinkhorn
@@ -301,6 +301,16 @@ class HostCutPaste:
     return out
 
 
+def _image_major(x: jax.Array, num: int) -> jax.Array:
+  """View-major rows [num * B, ...] -> [B, num, ...] (split by image)."""
+  return jnp.swapaxes(x.reshape((num, -1) + x.shape[1:]), 0, 1)
+
+
+def _view_major(x: jax.Array) -> jax.Array:
+  """[B, num, ...] -> view-major rows [num * B, ...] (`make_views`' order)."""
+  return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
+
+
 def _dotted(path) -> str:
   return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
@@ -312,10 +322,9 @@ def _dotted(path) -> str:
 class Aca(Method):
   name = "aca"
   uses_init_from = True
-  supports_accumulation = False  # EMA teacher + prototype renormalisation per step
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, data):
+    super().__init__(config, data)
     m = config.method
     self.pre, self.fine = m.pretrain, m.finetune
     if self.pre.masking not in MASKINGS:
@@ -358,7 +367,6 @@ class Aca(Method):
       if jax.tree.leaves(self.f[k].rest):
         raise RuntimeError(f"aca: the {k} module holds non-parameter state; use "
                            "pos_embed='learned'")
-    self._stages = None
 
   # -- modules -----------------------------------------------------------------
   def _build(self, rngs: nnx.Rngs) -> dict:
@@ -414,55 +422,39 @@ class Aca(Method):
 
     return jax.tree_util.tree_unflatten(treedef, list(jax.pure_callback(load, shapes)))
 
-  # -- schedule ---------------------------------------------------------------------
-  def _num_train(self) -> int:
-    if getattr(self, "_ntrain", None) is None:
-      from maskjax.data import sources
-      self._ntrain = len(sources.load_splits(self.config.input, int(self.config.seed)).train)
-    return self._ntrain
-
-  def stage_steps(self, scfg) -> int:
-    fixed = int(self.config.train.get("steps", 0) or 0)
-    if fixed > 0:
-      return fixed
-    if int(scfg.get("steps", 0) or 0) > 0:
-      return int(scfg.steps)
-    per_epoch = max(1, math.ceil(self._num_train() / int(scfg.batch_size)))
-    return max(1, int(scfg.epochs) * per_epoch)
-
-  def _tx(self, scfg, steps: int):
+  # -- stages -----------------------------------------------------------------------
+  def _stage_optim(self, scfg):
+    """`config.optim` with the stage's lr and warm-up (epochs, or a fraction of
+    fixed steps; converted by the loop)."""
     o = ml_collections.ConfigDict(self.config.optim.to_dict())
     o.lr = float(scfg.lr)
-    if o.get("schedule", "constant") == "warmup_cosine":
-      warm = int(scfg.get("warmup_epochs", 0))
-      if int(self.config.train.get("steps", 0) or 0) > 0 or int(scfg.get("steps", 0) or 0) > 0:
-        o.warmup_steps = int(round(steps * float(scfg.get("warmup_fraction", 0.0))))
-      else:
-        o.warmup_steps = warm * max(1, math.ceil(self._num_train() / int(scfg.batch_size)))
-      o.warmup_steps = min(int(o.warmup_steps), max(steps - 1, 0))
-    return train_utils.make_optimizer(o, steps)
+    o.warmup_epochs = int(scfg.warmup_epochs)
+    o.warmup_fraction = float(scfg.warmup_fraction)
+    return o
 
   def stages(self) -> list[Stage]:
-    if self._stages is not None:
-      return self._stages
     out = []
     if bool(self.config.method.use_pretrain):
-      self.steps1 = self.stage_steps(self.pre)
-      self.tx1 = self._tx(self.pre, self.steps1)
-      out.append(Stage("pretrain", self.steps1, int(self.pre.batch_size), self.init_pretrain,
-                       self.train_step_pretrain))
-    self.steps2 = self.stage_steps(self.fine)
-    self.tx2 = self._tx(self.fine, self.steps2)
+      pre = Stage("pretrain", Duration(steps=int(self.pre.steps), epochs=int(self.pre.epochs)),
+                  int(self.pre.batch_size), self._stage_optim(self.pre),
+                  init_model=self.init_pretrain, loss_fn=self.loss_pretrain,
+                  prepare=self.prepare_pretrain, batch_key="method.pretrain.batch_size",
+                  after_update=lambda *a: self.after_update_pretrain(*a, stage=pre))
+      out.append(pre)
     host = None
     if self.fine.synthesis == "host":
       host = HostCutPaste(float(self.fine.anomaly_prob), bool(self.fine.poisson))
-    out.append(Stage("finetune", self.steps2, int(self.fine.batch_size), self.init_finetune,
-                     self.train_step_finetune, host_transform=host))
-    self._stages = out
+    out.append(Stage("finetune", Duration(steps=int(self.fine.steps),
+                                          epochs=int(self.fine.epochs)),
+                     int(self.fine.batch_size), self._stage_optim(self.fine),
+                     init_model=self.init_finetune, loss_fn=self.loss_finetune,
+                     prepare=self.prepare_finetune, host_transform=host,
+                     batch_key="method.finetune.batch_size"))
     return out
 
   # -- stage 1 -----------------------------------------------------------------------
-  def init_pretrain(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
+  def init_pretrain(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> tuple:
+    """-> (student {"vit", "head", "prototypes"}, {}, {"teacher": EMA copy})."""
     del previous_state
     k1, k2 = jax.random.split(rng)
     fresh = self._fresh(k1)
@@ -471,8 +463,7 @@ class Aca(Method):
         k2, (int(self.config.model.num_prototypes), int(self.config.model.bottleneck))))
     student = {"vit": vit, "head": fresh["head"], "prototypes": protos}
     teacher = {"vit": jax.tree.map(jnp.copy, vit), "head": jax.tree.map(jnp.copy, fresh["head"])}
-    return {"student": student, "teacher": teacher, "opt": self.tx1.init(student),
-            "step": jnp.zeros((), jnp.int32)}
+    return student, {}, {"teacher": teacher}
 
   def cls_attention(self, vit_params, x_norm) -> jax.Array:
     """Head-mean last-block CLS attention over the patches [B, N] (no gradient)."""
@@ -492,32 +483,49 @@ class Aca(Method):
       # is not an integer).
       noise = jax.random.uniform(key, (views_norm.shape[0], n))
       return jnp.sort(jnp.argsort(noise, axis=-1)[:, int(n * r):], axis=-1).astype(jnp.int32)
-    src = state["teacher"] if self.pre.attention_source == "teacher" else state["student"]
+    src = (state["extras"]["teacher"] if self.pre.attention_source == "teacher"
+           else state["params"])
     att = self.cls_attention(jax.lax.stop_gradient(src["vit"]), views_norm)
     return masks.lowest_attention_keep(att, r)
 
-  def pretrain_loss(self, student, state, batch, rng):
+  def prepare_pretrain(self, state, batch, rng, step):
+    """Teacher targets (Sinkhorn over the whole batch), the student's views and
+    their kept tokens, per image: micro-batches see what the whole batch sees."""
     p = self.pre
     x = batch["image"].astype(jnp.float32)
     b = x.shape[0]
     kt, kg, kl, kmg, kml = jax.random.split(rng, 5)
-    gscale, lscale = tuple(p.global_scale), tuple(p.local_scale)
+    gscale = tuple(p.global_scale)
     t_view = normalize.imagenet(make_views(kt, x, 1, self.gsize, gscale)).astype(self.dtype)
-    t_out = self._vit(state["teacher"]["vit"], t_view)
-    z_t = self._head(state["teacher"]["head"], t_out["tokens"][:, 0])
-    protos = student["prototypes"]
-    c_sg = jax.lax.stop_gradient(l2_normalize_rows(protos))
+    teacher = state["extras"]["teacher"]
+    t_out = self._vit(teacher["vit"], t_view)
+    z_t = self._head(teacher["head"], t_out["tokens"][:, 0])
+    c_sg = jax.lax.stop_gradient(l2_normalize_rows(state["params"]["prototypes"]))
     q = jax.lax.stop_gradient(sinkhorn.sinkhorn(z_t @ c_sg.T, float(p.sinkhorn_eps),
                                                 int(p.sinkhorn_iters)))
-    c = l2_normalize_rows(protos)
-    total, count, aux = 0.0, 0, {}
-    groups = [("global", int(p.num_global), self.gsize, gscale, kg, kmg),
-              ("local", int(p.num_local), self.lsize, lscale, kl, kml)]
-    for name, num, size, scale, kv, km in groups:
-      if num <= 0:
-        continue
+    per_example = {"q": q}
+    for name, num, size, scale, kv, km in self._view_groups(kg, kl, kmg, kml):
       views = normalize.imagenet(make_views(kv, x, num, size, scale)).astype(self.dtype)
       keep = self.student_keep_ids(km, state, views)
+      per_example[f"views/{name}"] = _image_major(views, num)
+      if keep is not None:
+        per_example[f"keep/{name}"] = _image_major(keep, num)
+    return per_example, {"max_cluster_fraction": jnp.max(jnp.sum(q, axis=0)) / b}
+
+  def _view_groups(self, kg, kl, kmg, kml):
+    p = self.pre
+    groups = [("global", int(p.num_global), self.gsize, tuple(p.global_scale), kg, kmg),
+              ("local", int(p.num_local), self.lsize, tuple(p.local_scale), kl, kml)]
+    return [g for g in groups if g[1] > 0]
+
+  def loss_pretrain(self, student, state, batch, rng, step):
+    p = self.pre
+    q = batch["q"]
+    c = l2_normalize_rows(student["prototypes"])
+    total, count, aux = 0.0, 0, {}
+    for name, num, *_ in self._view_groups(None, None, None, None):
+      views = _view_major(batch[f"views/{name}"])
+      keep = _view_major(batch[f"keep/{name}"]) if f"keep/{name}" in batch else None
       out = self._vit(student["vit"], views, keep_ids=keep)
       z = self._head(student["head"], out["tokens"][:, 0])
       ce = swapped_cross_entropy(jnp.tile(q, (num, 1)), z @ c.T, float(p.temperature))
@@ -525,36 +533,29 @@ class Aca(Method):
       aux[f"tokens/{name}"] = jnp.asarray(out["tokens"].shape[1] - 1, jnp.float32)
       total = total + ce * num
       count += num
-    loss = total / count
-    aux["targets/max_cluster_fraction"] = jnp.max(jnp.sum(q, axis=0)) / b
-    return loss, aux
+    aux["targets/max_cluster_fraction"] = batch["max_cluster_fraction"]
+    return total / count, aux
 
-  def train_step_pretrain(self, state: PyTree, batch, rng: jax.Array):
-    (loss, aux), grads = jax.value_and_grad(self.pretrain_loss, has_aux=True)(
-        state["student"], state, batch, rng)
-    student, opt = train_utils.apply_updates(self.tx1, state["student"], state["opt"], grads)
-    student = dict(student, prototypes=l2_normalize_rows(student["prototypes"]))
-    step = state["step"] + 1
-    mom = momentum_at(step, self.steps1, float(self.pre.momentum),
+  def after_update_pretrain(self, new, old, batch, outputs, rng, step, stage):
+    """Prototypes back on the unit sphere; the teacher follows the student (EMA)."""
+    student = dict(new["params"], prototypes=l2_normalize_rows(new["params"]["prototypes"]))
+    mom = momentum_at(step + 1, stage.steps, float(self.pre.momentum),
                       str(self.pre.momentum_schedule))
-    teacher = ema_update(state["teacher"], {"vit": student["vit"], "head": student["head"]}, mom)
-    new = {"student": student, "teacher": teacher, "opt": opt, "step": step}
-    return new, {"loss": loss, **aux, "momentum": mom,
-                 "grad_norm": train_utils.global_norm(grads)}
+    teacher = ema_update(old["extras"]["teacher"],
+                         {"vit": student["vit"], "head": student["head"]}, mom)
+    return dict(new, params=student, extras={"teacher": teacher}), {"momentum": mom}
 
   # -- stage 2 -----------------------------------------------------------------------
-  def init_finetune(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
-    """{"params": trained ViT + heads, "guide": frozen copy of the starting ViT
-    (the attention that places the synthetic anomalies; `finetune.guide`), "opt",
-    "step"}."""
+  def init_finetune(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> tuple:
+    """-> (trained ViT + heads, {}, {"guide": frozen copy of the starting ViT}):
+    the guide's attention places the synthetic anomalies (`finetune.guide`)."""
     fresh = self._fresh(rng)
     if previous_state is not None:
-      vit = previous_state["student"]["vit"]
+      vit = previous_state["params"]["vit"]
     else:
       vit = self._pretrained_vit(fresh["vit"])
     params = {"vit": vit, "cls": fresh["cls"], "seg": fresh["seg"]}
-    return {"params": params, "guide": jax.tree.map(jnp.copy, vit),
-            "opt": self.tx2.init(params), "step": jnp.zeros((), jnp.int32)}
+    return params, {}, {"guide": jax.tree.map(jnp.copy, vit)}
 
   def forward(self, params, x01: jax.Array, out_hw: tuple[int, int]):
     """[B,S,S,3] in [0,1] -> (class logits [B,2], seg logits [B,H',W'] at out_hw)."""
@@ -587,29 +588,26 @@ class Aca(Method):
     labels = (jnp.max(mask, axis=(1, 2)) > 0).astype(jnp.int32)
     return images, mask, labels
 
-  def train_step_finetune(self, state: PyTree, batch, rng: jax.Array):
+  def prepare_finetune(self, state, batch, rng, step):
     f = self.fine
     x = batch["image"].astype(jnp.float32)
     if f.synthesis == "device":
-      guide = state["guide"] if f.get("guide", "pretrained") == "pretrained" else state["params"]["vit"]
+      guide = state["extras"]["guide"] if f.guide == "pretrained" else state["params"]["vit"]
       x, target, label = self.synthesize(rng, guide, x)
     else:
       target, label = batch["mask"].astype(jnp.float32), batch["label"].astype(jnp.int32)
-    hw = x.shape[1:3]
+    return {"x": x, "target": target, "label": label}, {}
 
-    def loss_fn(params):
-      logits, seg = self.forward(params, x, hw)
-      ce = jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), label[:, None], 1))
-      dice = losses.dice_loss(jax.nn.sigmoid(seg), target)
-      acc = jnp.mean((jnp.argmax(logits, -1) == label).astype(jnp.float32))
-      return float(f.lambda_det) * ce + float(f.lambda_seg) * dice, {
-          "loss/ce": ce, "loss/dice": dice, "accuracy": acc}
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    params, opt = train_utils.apply_updates(self.tx2, state["params"], state["opt"], grads)
-    new = {"params": params, "guide": state["guide"], "opt": opt, "step": state["step"] + 1}
-    return new, {"loss": loss, **aux, "anomalous_fraction": jnp.mean(label.astype(jnp.float32)),
-                 "grad_norm": train_utils.global_norm(grads)}
+  def loss_finetune(self, params, state, batch, rng, step):
+    f = self.fine
+    x, target, label = batch["x"], batch["target"], batch["label"]
+    logits, seg = self.forward(params, x, x.shape[1:3])
+    ce = jnp.mean(-jnp.take_along_axis(jax.nn.log_softmax(logits), label[:, None], 1))
+    dice = losses.dice_loss(jax.nn.sigmoid(seg), target)
+    acc = jnp.mean((jnp.argmax(logits, -1) == label).astype(jnp.float32))
+    return float(f.lambda_det) * ce + float(f.lambda_seg) * dice, {
+        "loss/ce": ce, "loss/dice": dice, "accuracy": acc,
+        "anomalous_fraction": jnp.mean(label.astype(jnp.float32))}
 
   # -- scoring ------------------------------------------------------------------------
   def score(self, state: PyTree, batch, calibration: dict) -> dict:

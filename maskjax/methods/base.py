@@ -1,17 +1,22 @@
 """The contract between a method and the generic training loop.
 
-A method is a small object built from the run's config. The loop
+A method is a small object built from the run's config and the run's data
+facts (`DataInfo`, built by the loop from the splits it loaded). The loop
 (`maskjax.train`) never branches on the method's name: it asks the method for
-its stages, trains each stage in turn (each stage checkpointed and resumable on
-its own), then calibrates on the validation split of training normals and
-scores the test split.
+its stages, resolves each stage's duration with the data size
+(`maskjax.durations`), builds the stage's optimiser, init and train step
+(`maskjax.train_state`), trains each stage in turn (each stage checkpointed
+and resumable on its own), then calibrates on the validation split of
+training normals and scores the test split.
 
-State is a plain pytree (nested dicts of arrays, optax states) so that it can be
-sharded, donated, checkpointed by Orbax and restored without the model objects.
-Flax NNX modules are run functionally: a method keeps its `graphdef` on the
-Python object and puts `nnx.State.to_pure_dict()` trees into the state.
+State is one plain pytree layout for every method and stage
+(`maskjax.train_state`): {"params", "model_state", "opt_state", "step",
+"extras"}, so that it can be sharded, donated, checkpointed by Orbax and
+restored without the model objects. Flax NNX modules are run functionally: a
+method keeps its `graphdef` on the Python object and puts
+`nnx.State.to_pure_dict()` trees into the state.
 
-Batches reaching `train_step` / `score` are dicts of global `jax.Array`s,
+Batches reaching a stage / `score` are dicts of global `jax.Array`s,
 sharded along the mesh's data axes on their leading dimension:
 
   image        float32 [B, H, W, 3] in [0, 1] (method-specific normalisation is
@@ -37,59 +42,172 @@ Batch = Mapping[str, jax.Array]
 HostTransform = Callable[[dict, np.random.Generator], dict]
 
 
+@dataclasses.dataclass(frozen=True)
+class DataInfo:
+  """What a method may know about its data, built once by the loop.
+
+  Attributes:
+    categories: category names in run order (`category_id` indexes this).
+    num_train: training images per category (the split the stages train on,
+      after the validation hold-out).
+    image_size: side of the square images the pipeline delivers.
+    datasets: the dataset each category comes from ("mvtec", "visa", "demo",
+      a folder name, ...).
+  """
+  categories: tuple[str, ...]
+  num_train: Mapping[str, int]
+  image_size: int
+  datasets: Mapping[str, str]
+
+  @property
+  def total_train(self) -> int:
+    return int(sum(self.num_train.values()))
+
+  @property
+  def num_categories(self) -> int:
+    return len(self.categories)
+
+  def to_json(self) -> dict:
+    return {"categories": list(self.categories),
+            "num_train": {c: int(self.num_train[c]) for c in self.categories},
+            "image_size": int(self.image_size),
+            "datasets": {c: str(self.datasets[c]) for c in self.categories}}
+
+  @classmethod
+  def from_json(cls, d: Mapping) -> "DataInfo":
+    cats = tuple(str(c) for c in d["categories"])
+    return cls(categories=cats, num_train={c: int(d["num_train"][c]) for c in cats},
+               image_size=int(d["image_size"]),
+               datasets={c: str(d["datasets"][c]) for c in cats})
+
+  @classmethod
+  def uniform(cls, categories, num_train: int, image_size: int,
+              dataset: str = "demo") -> "DataInfo":
+    """The same number of training images in every category (tests, benchmarks)."""
+    cats = tuple(categories)
+    return cls(categories=cats, num_train={c: int(num_train) for c in cats},
+               image_size=int(image_size), datasets={c: dataset for c in cats})
+
+
+@dataclasses.dataclass(frozen=True)
+class Duration:
+  """How long a stage trains, as the paper states it; the loop converts it to
+  steps with the data size (`maskjax.durations.resolve`).
+
+  Exactly one of:
+    steps: a fixed number of optimisation steps;
+    epochs: passes over the training split (steps = epochs x
+      ceil(N_train / batch));
+    epochs with samples_per_category: balanced epochs of that many images
+      per category (steps = epochs x ceil(quota x categories / batch)), and
+      the pipeline samples that way.
+  `config.train.steps > 0` overrides every stage's steps.
+  """
+  steps: int = 0
+  epochs: int = 0
+  samples_per_category: int = 0
+
+  def describe(self) -> str:
+    if self.steps:
+      return f"{self.steps} steps"
+    if self.samples_per_category:
+      return f"{self.epochs} epochs of {self.samples_per_category} images per category"
+    return f"{self.epochs} epochs"
+
+
 @dataclasses.dataclass
 class Stage:
-  """One optimisation stage of a method.
+  """One optimisation stage of a method: what the method declares.
+
+  The loop owns the optimiser, the step counter, gradient accumulation and
+  the train state layout; a method gives the pieces that are its own.
 
   Attributes:
     name: short name, used for the checkpoint directory (`<workdir>/checkpoints/<name>`)
       and in logs (e.g. "train", "pretrain", "finetune", "stage1").
-    steps: total optimisation steps of this stage.
+    duration: `Duration` (epochs, balanced quota x epochs, or steps).
     batch_size: global batch size of this stage.
-    init: `init(rng, previous_state_or_None) -> state`. `previous_state` is the
-      final state of the stage before (e.g. MALA stage 2 starts from stage 1).
-      Runs under `jax.jit` with the shardings chosen by the loop, so it must be
-      a pure function of its inputs (shapes static).
-    train_step: `train_step(state, batch, rng) -> (state, metrics)` pure; the
-      loop jits it with explicit shardings and donates `state`. `metrics` is a
-      flat dict of scalar arrays; the key "loss" is required. Every term of the
-      loss should be reported under its own key ("loss/ssim", ...) so a NaN is
-      named.
+    optim: the stage's optimiser config (`config.optim` with the stage's own
+      values put in); schedule lengths stated in epochs (`warmup_epochs`,
+      `decay_every_epochs`) are converted by the loop.
+    init_model: `init_model(rng, previous_state_or_None) -> (params,
+      model_state, extras)`: the trainable parameters (the optimiser's
+      target), other model state (BatchNorm statistics, frozen parts), and
+      named extras (an EMA teacher, a discriminator and its optimiser
+      state, ...). `previous_state` is the final state of the stage before.
+      Runs under `jax.jit`, so it must be a pure function of its inputs.
+    loss_fn: `loss_fn(params, state, batch, rng, step) -> (loss, aux)`, pure.
+      `batch` is one micro-batch (the whole batch without accumulation) plus
+      what `prepare` returned. `aux` is a dict of scalar metrics; every
+      term of the loss under its own key ("loss/ssim", ...) so a NaN is
+      named; optional keys "model_state" (the new model state, taken from
+      the last micro-batch) and "outputs" (a dict of per-example arrays,
+      concatenated over micro-batches, handed to `after_update`).
+    prepare: optional `prepare(state, batch, rng, step) -> (per_example,
+      shared)`: work on the whole batch before it is split into
+      micro-batches (masks, synthetic anomalies, teacher targets), so that
+      k micro-batches see what one k-times larger batch sees.
+      `per_example` arrays have the batch as leading dimension (split with
+      it); `shared` ones do not (every micro-batch gets them).
+    after_update: optional `after_update(new_state, old_state, batch, outputs,
+      rng, step) -> (state, metrics)` after the optimiser update (an EMA
+      teacher, renormalised prototypes, a discriminator's own step).
+    trainable: optional pytree of bools with the params' structure; False
+      sub-trees get no updates and no optimiser state.
     host_transform: optional per-example NumPy transform applied in grain
       workers on training examples (synthetic anomalies, crops, ...).
     train_split: "train" (normals) by default.
-    samples_per_epoch: optional n = balanced multi-category sampling, n
-      training images per category per epoch (drawn without replacement
-      within an epoch when the category has enough); None = every training
-      image once per epoch.
+    batch_key: the config key that sets `batch_size` (named in errors).
+
+  Filled in by the loop (`maskjax.train_state.resolve_stages`): `steps`,
+  `steps_per_epoch` (`maskjax.durations`), and the built `init(rng,
+  previous) -> state`, `train_step(state, batch, rng) -> (state, metrics)`
+  and learning-rate `schedule` (`maskjax.train_state.build`).
   """
   name: str
-  steps: int
+  duration: Duration
   batch_size: int
-  init: Callable[[jax.Array, Optional[PyTree]], PyTree]
-  train_step: Callable[[PyTree, Batch, jax.Array], tuple[PyTree, dict]]
+  optim: Any
+  init_model: Callable[[jax.Array, Optional[PyTree]], tuple[PyTree, PyTree, dict]]
+  loss_fn: Callable[..., tuple[jax.Array, dict]]
+  prepare: Optional[Callable[..., tuple[dict, dict]]] = None
+  after_update: Optional[Callable[..., tuple[PyTree, dict]]] = None
+  trainable: Optional[PyTree] = None
   host_transform: Optional[HostTransform] = None
   train_split: str = "train"
-  samples_per_epoch: Optional[int] = None
+  batch_key: str = "input.batch_size"
+  steps: int = 0
+  steps_per_epoch: int = 0
+  init: Optional[Callable[[jax.Array, Optional[PyTree]], PyTree]] = None
+  train_step: Optional[Callable[[PyTree, Batch, jax.Array], tuple[PyTree, dict]]] = None
+  schedule: Optional[Callable] = None
+
+  @property
+  def samples_per_epoch(self) -> Optional[int]:
+    """Balanced sampling quota for the pipeline (None = every image once per epoch)."""
+    return int(self.duration.samples_per_category) or None
 
 
 class Method:
-  """Base class. Subclasses register themselves with `maskjax.methods.register`."""
+  """Base class. Subclasses register themselves with `maskjax.methods.register`.
+
+  `Method(config, data)`: `data` is the run's `DataInfo` (categories, training
+  images per category, image size, datasets); methods never read the dataset
+  themselves.
+  """
 
   #: registry key, e.g. "riad"
   name: str = ""
   #: the run directory, set by the loop before `stages()` (for files a method
   #: keeps with its run, e.g. EAR's fitted mosaic scales); None outside a run.
   workdir: Optional[str] = None
-  #: whether the method's train steps honour `config.optim.accum_steps`
-  #: (`train_utils.value_and_grad_accum`); the loop refuses accum_steps > 1 otherwise.
-  supports_accumulation: bool = True
   #: whether the method reads `config.model.init_from` (pretrained weights);
   #: the loop refuses a non-empty value for a method that would ignore it.
   uses_init_from: bool = False
 
-  def __init__(self, config):
+  def __init__(self, config, data: DataInfo):
     self.config = config
+    self.data = data
 
   # -- training -------------------------------------------------------------
   def stages(self) -> list[Stage]:

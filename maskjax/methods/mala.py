@@ -63,7 +63,6 @@ random initialisation and the run log says which parts were loaded.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Optional
 
 import jax
@@ -76,7 +75,7 @@ from flax import nnx
 from maskjax import methods
 from maskjax import train_utils
 from maskjax.errors import CheckpointError, ConfigError
-from maskjax.methods.base import Method, Stage
+from maskjax.methods.base import Duration, Method, Stage
 from maskjax.models import mae as mae_lib
 from maskjax.models import mala_heads
 from maskjax.models import vit as vit_lib
@@ -194,16 +193,6 @@ def _dotted(path) -> str:
   return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def count_categories(input_cfg) -> int:
-  """Number of categories the config selects (listing only, no image reads)."""
-  from maskjax.data import sources
-  if str(input_cfg.format) == "tfds":
-    return len(sources.load_splits(input_cfg, 0).categories)
-  avail = sorted(sources.list_categories(input_cfg))
-  return len(sources.select_categories(tuple(input_cfg.categories), avail,
-                                       str(input_cfg.data_dir or "demo data")))
-
-
 # ----------------------------------------------------------------------------
 # the method
 # ----------------------------------------------------------------------------
@@ -211,10 +200,9 @@ def count_categories(input_cfg) -> int:
 class Mala(Method):
   name = "mala"
   uses_init_from = True
-  supports_accumulation = False  # stage 1 interleaves two optimisers (MAE, PLPM) per step
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, data):
+    super().__init__(config, data)
     m = config.method
     if m.scoring not in SCORINGS:
       raise ConfigError(f"config.method.scoring={m.scoring!r}; known: {', '.join(SCORINGS)}")
@@ -284,50 +272,40 @@ class Mala(Method):
     o.lr = lr
     return o
 
-  def _tx(self, stage_cfg, steps: int):
-    return train_utils.make_optimizer(self._optim_cfg(self._lr(stage_cfg)), steps)
+  def _stage_optim(self, stage_cfg):
+    return self._optim_cfg(self._lr(stage_cfg))
 
   def _disc_tx(self, steps: int):
     lr = float(self.config.method.disc_lr) or self._lr(self.config.method.stage1)
     return train_utils.make_optimizer(self._optim_cfg(lr), steps)
 
-  # -- schedule ---------------------------------------------------------------------
-  def _num_categories(self) -> int:
-    if getattr(self, "_ncat", None) is None:
-      self._ncat = count_categories(self.config.input)
-    return self._ncat
-
-  def stage_steps(self, stage_cfg) -> int:
-    fixed = int(self.config.train.get("steps", 0) or 0)
-    if fixed > 0:
-      return fixed
-    total = int(stage_cfg.epochs) * int(stage_cfg.samples_per_category) * self._num_categories()
-    return max(1, int(math.ceil(total / int(stage_cfg.batch_size))))
+  def _duration(self, stage_cfg) -> Duration:
+    return Duration(epochs=int(stage_cfg.epochs),
+                    samples_per_category=int(stage_cfg.samples_per_category))
 
   def stages(self) -> list[Stage]:
     m = self.config.method
-    if m.get("per_category", False) and self._num_categories() != 1:
+    if m.per_category and self.data.num_categories != 1:
       raise ConfigError(
           f"configs/mala.py:per_category trains one model per category, but "
           f"config.input.categories={tuple(self.config.input.categories)} selects "
-          f"{self._num_categories()}; pick one category per run, or run them all with "
+          f"{self.data.num_categories}; pick one category per run, or run them all with "
           "python -m maskjax.sweep --sweep=configs/sweeps/mala_single_class.py")
     out = []
     if m.use_stage1:
       s1 = m.stage1
-      steps1 = self.stage_steps(s1)
-      self._tx1 = self._tx(s1, steps1)
-      self._txd = self._disc_tx(steps1)
-      out.append(Stage("stage1", steps1, int(s1.batch_size), self.init_stage1,
-                       self.train_step_stage1,
-                       samples_per_epoch=int(s1.samples_per_category)))
+      stage1 = Stage("stage1", self._duration(s1), int(s1.batch_size), self._stage_optim(s1),
+                     init_model=lambda rng, prev: self.init_stage1(rng, prev, stage1),
+                     loss_fn=self.loss_stage1, prepare=self.prepare_stage1,
+                     after_update=lambda *a: self.after_update_stage1(*a, stage=stage1),
+                     batch_key="method.stage1.batch_size")
+      out.append(stage1)
     if m.scoring == "end_to_end":
       s2 = m.stage2
-      steps2 = self.stage_steps(s2)
-      self._tx2 = self._tx(s2, steps2)
-      out.append(Stage("stage2", steps2, int(s2.batch_size), self.init_stage2,
-                       self.train_step_stage2, host_transform=self.host_transform(),
-                       samples_per_epoch=int(s2.samples_per_category)))
+      out.append(Stage("stage2", self._duration(s2), int(s2.batch_size), self._stage_optim(s2),
+                       init_model=self.init_stage2, loss_fn=self.loss_stage2,
+                       host_transform=self.host_transform(),
+                       batch_key="method.stage2.batch_size"))
     return out
 
   def host_transform(self) -> PerlinTransform:
@@ -417,70 +395,65 @@ class Mala(Method):
     out = mae.encoder(normalize.imagenet(x01.astype(self.dtype)), return_blocks=True)
     first = jax.lax.stop_gradient(out["blocks"][0])
     last = jax.lax.stop_gradient(out["tokens"])
-    # The decoder on all tokens: no mask tokens, identity order.
-    h = mae.decoder_embed(last)
-    pos = mae.decoder_pos_embed[...]
-    h = h + pos.astype(h.dtype)
-    for blk in mae.decoder_blocks:
-      h, _ = blk(h)
-    dec_last = mae.decoder_norm(h)
+    dec_last = mae.decode_all_tokens(last)
     tbm = self.f_tbm.module(tbm_params, {})
     tokens = tbm(first[:, 1:], last[:, 1:], dec_last[:, 1:])
     return mala_heads.unpatchify_channels(tokens, self.patch, self.grid, 2)
 
   # -- stage 1 -----------------------------------------------------------------------
-  def init_stage1(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
+  def init_stage1(self, rng: jax.Array, previous_state: Optional[PyTree], stage) -> tuple:
+    """-> (MAE params, MAE other state, {"disc", "disc_opt"} when PLPM is on)."""
     fresh = self._fresh(rng)
     mae_p = self._pretrained_mae(fresh["mae"][0])
-    state = {"params": mae_p, "rest": fresh["mae"][1],
-             "opt": self._tx1.init(mae_p)}
+    extras = {}
     if self.config.method.use_plpm:
-      state["disc"] = fresh["disc"][0]
-      state["disc_opt"] = self._txd.init(fresh["disc"][0])
-    return state
+      extras = {"disc": fresh["disc"][0],
+                "disc_opt": self._disc_tx(stage.steps).init(fresh["disc"][0])}
+    return mae_p, fresh["mae"][1], extras
 
-  def train_step_stage1(self, state: PyTree, batch, rng: jax.Array):
-    m = self.config.method
+  def prepare_stage1(self, state, batch, rng, step):
     x = batch["image"].astype(jnp.float32)
-    b = x.shape[0]
-    keep_ids, mask, ids_restore = masks.mae_random_masking(rng, b, self.num_tokens,
-                                                           float(m.mask_ratio))
-    use_plpm = bool(m.use_plpm)
-    rest = state["rest"]
+    keep_ids, _, ids_restore = masks.mae_random_masking(rng, x.shape[0], self.num_tokens,
+                                                        float(self.config.method.mask_ratio))
+    return {"image": x, "keep_ids": keep_ids, "ids_restore": ids_restore}, {}
 
-    def loss_fn(params):
-      recon = self._reconstruct(params, rest, x, keep_ids, ids_restore)
-      l1 = jnp.mean(jnp.abs(recon - x))
-      ls = ssim.ssim_loss(recon, x)
-      loss = float(m.a1) * l1 + float(m.a2) * ls
-      aux = {"loss/l1": l1, "loss/ssim": ls}
-      if use_plpm:
-        pl = 0.5 * jnp.mean(jax.nn.softplus(self._disc(state["disc"], recon)))
-        loss = loss + float(m.a3) * pl
-        aux["loss/pseudo_label"] = pl
-      return loss, (aux, recon)
+  def loss_stage1(self, params, state, batch, rng, step):
+    m = self.config.method
+    x = batch["image"]
+    recon = self._reconstruct(params, state["model_state"], x, batch["keep_ids"],
+                              batch["ids_restore"])
+    l1 = jnp.mean(jnp.abs(recon - x))
+    ls = ssim.ssim_loss(recon, x)
+    loss = float(m.a1) * l1 + float(m.a2) * ls
+    aux = {"loss/l1": l1, "loss/ssim": ls}
+    if m.use_plpm:
+      pl = 0.5 * jnp.mean(jax.nn.softplus(self._disc(state["extras"]["disc"], recon)))
+      loss = loss + float(m.a3) * pl
+      aux["loss/pseudo_label"] = pl
+    aux["outputs"] = {"recon": recon}
+    return loss, aux
 
-    (loss, (aux, recon)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    params, opt = train_utils.apply_updates(self._tx1, state["params"], state["opt"], grads)
-    new = dict(state, params=params, opt=opt)
-    metrics = {"loss": loss, **aux, "grad_norm": train_utils.global_norm(grads)}
-    if use_plpm:
-      fake = jax.lax.stop_gradient(recon)
+  def after_update_stage1(self, new, old, batch, outputs, rng, step, stage):
+    """The PLPM discriminator's own step on the batch and its reconstructions."""
+    if not self.config.method.use_plpm:
+      return new, {}
+    x = batch["image"].astype(jnp.float32)
+    fake = jax.lax.stop_gradient(outputs["recon"])
 
-      def d_loss_fn(dp):
-        lo = self._disc(dp, x)
-        lp = self._disc(dp, fake)
-        real = jnp.mean(jax.nn.softplus(lo))       # BCE(D(x), 0)
-        fake_l = jnp.mean(jax.nn.softplus(-lp))    # BCE(D(recon), 1)
-        acc = 0.5 * (jnp.mean(lo < 0) + jnp.mean(lp > 0))
-        return 0.5 * (real + fake_l), acc
+    def d_loss_fn(dp):
+      lo = self._disc(dp, x)
+      lp = self._disc(dp, fake)
+      real = jnp.mean(jax.nn.softplus(lo))       # BCE(D(x), 0)
+      fake_l = jnp.mean(jax.nn.softplus(-lp))    # BCE(D(recon), 1)
+      acc = 0.5 * (jnp.mean(lo < 0) + jnp.mean(lp > 0))
+      return 0.5 * (real + fake_l), acc
 
-      (dl, acc), dg = jax.value_and_grad(d_loss_fn, has_aux=True)(state["disc"])
-      dp, dopt = train_utils.apply_updates(self._txd, state["disc"], state["disc_opt"], dg)
-      new["disc"], new["disc_opt"] = dp, dopt
-      metrics["disc/loss"] = dl
-      metrics["disc/accuracy"] = acc
-    return new, metrics
+    ex = old["extras"]
+    (dl, acc), dg = jax.value_and_grad(d_loss_fn, has_aux=True)(ex["disc"])
+    dp, dopt = train_utils.apply_updates(self._disc_tx(stage.steps), ex["disc"],
+                                         ex["disc_opt"], dg)
+    return dict(new, extras={"disc": dp, "disc_opt": dopt}), {"disc/loss": dl,
+                                                              "disc/accuracy": acc}
 
   # -- stage 2 ------------------------------------------------------------------------
   def split_mae(self, mae_params: dict) -> tuple[dict, dict]:
@@ -489,31 +462,23 @@ class Mala(Method):
     dec = {k: v for k, v in mae_params.items() if k != self.encoder_key}
     return enc, dec
 
-  def init_stage2(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> PyTree:
+  def init_stage2(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> tuple:
+    """-> ({"decoder", "tbm"} trained, {"encoder": frozen, "mae": MAE other state}, {})."""
     fresh = self._fresh(rng)
     if previous_state is not None:
-      mae_p, rest = previous_state["params"], previous_state["rest"]
+      mae_p, rest = previous_state["params"], previous_state["model_state"]
     else:   # "no stage 1": ImageNet weights when given, else random
       mae_p, rest = self._pretrained_mae(fresh["mae"][0]), fresh["mae"][1]
     enc, dec = self.split_mae(mae_p)
-    trainable = {"decoder": dec, "tbm": fresh["tbm"][0]}
-    return {"encoder": enc, "trainable": trainable, "rest": rest,
-            "opt": self._tx2.init(trainable)}
+    return {"decoder": dec, "tbm": fresh["tbm"][0]}, {"encoder": enc, "mae": rest}, {}
 
-  def train_step_stage2(self, state: PyTree, batch, rng: jax.Array):
+  def loss_stage2(self, params, state, batch, rng, step):
     m = self.config.method
-    x = batch["image"].astype(jnp.float32)
-    target = batch["mask"].astype(jnp.float32)
-    enc = state["encoder"]
-
-    def loss_fn(tp):
-      logits = self._map_logits(enc, tp["decoder"], tp["tbm"], state["rest"], x)
-      return stage2_loss(logits, target, float(m.b1), float(m.b2), float(m.focal_gamma))
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["trainable"])
-    tp, opt = train_utils.apply_updates(self._tx2, state["trainable"], state["opt"], grads)
-    new = dict(state, trainable=tp, opt=opt)
-    return new, {"loss": loss, **aux, "grad_norm": train_utils.global_norm(grads)}
+    ms = state["model_state"]
+    logits = self._map_logits(ms["encoder"], params["decoder"], params["tbm"], ms["mae"],
+                              batch["image"].astype(jnp.float32))
+    return stage2_loss(logits, batch["mask"].astype(jnp.float32), float(m.b1), float(m.b2),
+                       float(m.focal_gamma))
 
   # -- scoring ------------------------------------------------------------------------
   def score(self, state: PyTree, batch, calibration: dict) -> dict:
@@ -524,8 +489,9 @@ class Mala(Method):
     if self.config.method.scoring == "reconstruction":
       amap = self._recon_error_map(state, x)
     else:
-      logits = self._map_logits(state["encoder"], state["trainable"]["decoder"],
-                                state["trainable"]["tbm"], state["rest"], x)
+      ms = state["model_state"]
+      logits = self._map_logits(ms["encoder"], state["params"]["decoder"],
+                                state["params"]["tbm"], ms["mae"], x)
       amap = anomaly_probability(logits)
     if (h, w) != (self.img, self.img):
       amap = jax.image.resize(amap, (amap.shape[0], h, w), "linear")
@@ -547,7 +513,7 @@ class Mala(Method):
       ids_restore = jnp.argsort(order)
       keep_b = jnp.broadcast_to(keep[None], (b, len(ch)))
       rest_b = jnp.broadcast_to(ids_restore[None], (b, self.num_tokens))
-      recon = self._reconstruct(state["params"], state["rest"], x, keep_b, rest_b)
+      recon = self._reconstruct(state["params"], state["model_state"], x, keep_b, rest_b)
       err = jnp.mean(jnp.abs(recon - x), axis=-1)
       pix = mae_lib.unpatchify(jnp.broadcast_to(removed[None, :, None],
                                                 (1, self.num_tokens, self.patch ** 2)),

@@ -26,56 +26,20 @@ inpainting as in training with BatchNorm running averages, MSGMS distance map
 the taikiinoue45 port), filtered by a 21x21 box mean (zero padding 10, divisor
 441) and the image score is the maximum of the filtered map.
 
-Steps: `config.train.steps` when > 0, else `config.train.epochs *
-config.method.steps_per_epoch` (the loop does not pass the dataset size to the
-method; the full config documents steps_per_epoch for MVTec AD).
+Duration: `config.train.epochs` over the training split (the loop converts
+epochs to steps with the data size); `config.train.steps` > 0 overrides.
 """
 from __future__ import annotations
 
-from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from maskjax import methods, train_utils
-from maskjax.errors import ConfigError
-from maskjax.methods.base import Method, Stage
-from maskjax.models.unet import RiadUNet
+from maskjax.methods.base import Duration, Method, Stage
+from maskjax.models.unet import RiadUNet, check_geometry
 from maskjax.ops import gms, masks as masks_lib, normalize, ssim
-
-
-# ----------------------------------------------------------------------------
-# helpers shared with SSM
-# ----------------------------------------------------------------------------
-stage_steps = train_utils.steps_from_config
-
-
-def check_geometry(config, ks: Sequence[int], widths: Sequence[int], where: str) -> int:
-  """Image size must be divisible by every k and by the U-Net's total stride."""
-  size = int(config.input.image_size)
-  factor = 2 ** (len(widths) - 1)
-  if size % factor:
-    raise ConfigError(f"{where}: config.input.image_size={size} must be divisible by "
-                      f"{factor} (2 ** (len(config.model.widths) - 1), widths={tuple(widths)})")
-  bad = [k for k in ks if k < 1 or size % k]
-  if bad:
-    raise ConfigError(f"{where}: config.method.ks={tuple(ks)} has cell sizes {bad} that do "
-                      f"not divide config.input.image_size={size}")
-  if not ks:
-    raise ConfigError(f"{where}: config.method.ks is empty; give at least one cell size")
-  return size
-
-
-def abstract_functional(factory) -> train_utils.Functional:
-  """`Functional` over an abstract (shape-only) instance: no parameters allocated."""
-  return train_utils.Functional(nnx.eval_shape(lambda: factory(nnx.Rngs(0))))
-
-
-def init_pure(factory, rng: jax.Array) -> tuple[dict, dict]:
-  """Fresh (params, rest) plain dicts for `factory(rngs)` (jit-safe)."""
-  _, params, rest = train_utils.split_pure(factory(nnx.Rngs(params=rng)))
-  return params, rest
 
 
 # ----------------------------------------------------------------------------
@@ -83,12 +47,13 @@ def init_pure(factory, rng: jax.Array) -> tuple[dict, dict]:
 # ----------------------------------------------------------------------------
 @methods.register
 class Riad(Method):
-  """RIAD; see the module docstring. State: {"params", "rest", "opt_state"}."""
+  """RIAD; see the module docstring. State: U-Net params, BatchNorm statistics
+  as model_state."""
 
   name = "riad"
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, data):
+    super().__init__(config, data)
     m = config.method
     self.ks = tuple(int(k) for k in m.ks)
     self.widths = tuple(int(w) for w in config.model.widths)
@@ -102,9 +67,7 @@ class Riad(Method):
     self.filter_size = int(m.get("score_filter", 21))
     self.score_seed = int(m.get("score_seed", 0))
     self.dtype = train_utils.compute_dtype(config.train)
-    self.steps = stage_steps(config)
-    self.tx = train_utils.make_optimizer(config.optim, self.steps)
-    self.f = abstract_functional(self._factory)
+    self.f = train_utils.abstract_functional(self._factory)
 
   def _factory(self, rngs: nnx.Rngs) -> RiadUNet:
     return RiadUNet(self.widths, upsample=self.upsample, rngs=rngs)
@@ -143,36 +106,28 @@ class Riad(Method):
 
   # -- training ---------------------------------------------------------------
   def stages(self) -> list[Stage]:
-    def init(rng, previous):
+    def init_model(rng, previous):
       del previous
-      params, rest = init_pure(self._factory, rng)
-      return {"params": params, "rest": rest, "opt_state": self.tx.init(params)}
+      params, rest = train_utils.init_pure(self._factory, rng)
+      return params, rest, {}
 
-    def train_step(state, batch, rng):
+    def prepare(state, batch, rng, step):
+      masks, k = self._train_masks(rng)  # one set of masks for the whole batch
+      return {"image": batch["image"].astype(jnp.float32)}, {"masks": masks, "k": k}
+
+    def loss_fn(params, state, batch, rng, step):
       x = batch["image"].astype(jnp.float32)
-      masks, k = self._train_masks(rng)
+      recon, rest = self.inpaint(params, state["model_state"], x, batch["masks"], train=True)
+      terms = self.loss_terms(recon, x)
+      loss = sum(self.w[n] * v for n, v in terms.items())
+      aux = {f"loss/{n}": v for n, v in terms.items()}
+      aux["k"] = batch["k"].astype(jnp.float32)
+      aux["model_state"] = rest
+      return loss, aux
 
-      def loss_fn(params, mb, r):
-        del r
-        recon, rest = self.inpaint(params, state["rest"], mb["image"].astype(jnp.float32),
-                                   masks, train=True)
-        terms = self.loss_terms(recon, mb["image"].astype(jnp.float32))
-        loss = sum(self.w[n] * v for n, v in terms.items())
-        aux = {f"loss/{n}": v for n, v in terms.items()}
-        aux["state"] = rest
-        return loss, aux
-
-      (loss, aux), grads = train_utils.value_and_grad_accum(
-          loss_fn, state["params"], {"image": x}, rng,
-          accum_steps=int(self.config.optim.get("accum_steps", 1)))
-      rest = aux.pop("state")
-      params, opt_state = train_utils.apply_updates(self.tx, state["params"],
-                                                    state["opt_state"], grads)
-      metrics = dict(aux, loss=loss, k=k.astype(jnp.float32))
-      return {"params": params, "rest": rest, "opt_state": opt_state}, metrics
-
-    return [Stage(name="train", steps=self.steps, batch_size=int(self.config.input.batch_size),
-                  init=init, train_step=train_step)]
+    return [Stage(name="train", duration=Duration(epochs=int(self.config.train.epochs)),
+                  batch_size=int(self.config.input.batch_size), optim=self.config.optim,
+                  init_model=init_model, loss_fn=loss_fn, prepare=prepare)]
 
   # -- scoring ----------------------------------------------------------------
   def score_masks(self, k: int) -> jax.Array:
@@ -185,7 +140,7 @@ class Riad(Method):
     x = batch["image"].astype(jnp.float32)
     total = None
     for k in self.ks:
-      recon, _ = self.inpaint(state["params"], state["rest"], x, self.score_masks(k),
+      recon, _ = self.inpaint(state["params"], state["model_state"], x, self.score_masks(k),
                               train=False)
       m = gms.msgms_map(recon, x, self.msgms_scales, self.msgms_variant)
       total = m if total is None else total + m

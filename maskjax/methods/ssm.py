@@ -80,9 +80,8 @@ from flax import nnx
 
 from maskjax import methods, train_utils
 from maskjax.errors import ConfigError, DataError
-from maskjax.methods.base import Method, Stage
-from maskjax.methods.riad import abstract_functional, check_geometry, init_pure, stage_steps
-from maskjax.models.unet import SsmUNet
+from maskjax.methods.base import Duration, Method, Stage
+from maskjax.models.unet import SsmUNet, check_geometry
 from maskjax.ops import gms, masks as masks_lib, normalize, ssim
 
 IMAGE_SCORES = ("as_written", "masked_mean", "max")
@@ -163,12 +162,13 @@ def refine(err_fn: Callable[[jax.Array], jax.Array], s0: jax.Array, eta: jax.Arr
 # ----------------------------------------------------------------------------
 @methods.register
 class Ssm(Method):
-  """SSM; see the module docstring. State: {"params", "rest", "opt_state"}."""
+  """SSM; see the module docstring. State: U-Net params, BatchNorm statistics
+  as model_state."""
 
   name = "ssm"
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, data):
+    super().__init__(config, data)
     m = config.method
     self.ks = tuple(int(k) for k in m.ks)
     self.train_ks = tuple(int(k) for k in m.train_ks)
@@ -206,9 +206,7 @@ class Ssm(Method):
     self.eta_per_scale = bool(m.get("eta_per_scale", True))
     self.score_seed = int(m.get("score_seed", 0))
     self.dtype = train_utils.compute_dtype(config.train)
-    self.steps = stage_steps(config)
-    self.tx = train_utils.make_optimizer(config.optim, self.steps)
-    self.f = abstract_functional(self._factory)
+    self.f = train_utils.abstract_functional(self._factory)
 
   def _factory(self, rngs: nnx.Rngs) -> SsmUNet:
     return SsmUNet(self.widths, use_mam=self.use_mam, upsample=self.upsample, rngs=rngs)
@@ -258,36 +256,29 @@ class Ssm(Method):
     }
 
   def stages(self) -> list[Stage]:
-    def init(rng, previous):
+    def init_model(rng, previous):
       del previous
-      params, rest = init_pure(self._factory, rng)
-      return {"params": params, "rest": rest, "opt_state": self.tx.init(params)}
+      params, rest = train_utils.init_pure(self._factory, rng)
+      return params, rest, {}
 
-    def train_step(state, batch, rng):
+    def prepare(state, batch, rng, step):
       x = batch["image"].astype(jnp.float32)
       mask, k = self.train_masks(rng, x.shape[0])
+      return {"image": x, "mask": mask, "k": k}, {}
 
-      def loss_fn(params, mb, r):
-        del r
-        (img, mpred), rest = self.predict(params, state["rest"], mb["image"], mb["mask"],
-                                          train=True)
-        terms = self.loss_terms(mb["image"], img, mpred, mb["mask"])
-        loss = sum(self.w[n] * v for n, v in terms.items())
-        aux = {f"loss/{n}": v for n, v in terms.items()}
-        aux["state"] = rest
-        return loss, aux
+    def loss_fn(params, state, batch, rng, step):
+      (img, mpred), rest = self.predict(params, state["model_state"], batch["image"],
+                                        batch["mask"], train=True)
+      terms = self.loss_terms(batch["image"], img, mpred, batch["mask"])
+      loss = sum(self.w[n] * v for n, v in terms.items())
+      aux = {f"loss/{n}": v for n, v in terms.items()}
+      aux["mean_k"] = jnp.mean(batch["k"].astype(jnp.float32))
+      aux["model_state"] = rest
+      return loss, aux
 
-      (loss, aux), grads = train_utils.value_and_grad_accum(
-          loss_fn, state["params"], {"image": x, "mask": mask}, rng,
-          accum_steps=int(self.config.optim.get("accum_steps", 1)))
-      rest = aux.pop("state")
-      params, opt_state = train_utils.apply_updates(self.tx, state["params"],
-                                                    state["opt_state"], grads)
-      metrics = dict(aux, loss=loss, mean_k=jnp.mean(k.astype(jnp.float32)))
-      return {"params": params, "rest": rest, "opt_state": opt_state}, metrics
-
-    return [Stage(name="train", steps=self.steps, batch_size=int(self.config.input.batch_size),
-                  init=init, train_step=train_step)]
+    return [Stage(name="train", duration=Duration(epochs=int(self.config.train.epochs)),
+                  batch_size=int(self.config.input.batch_size), optim=self.config.optim,
+                  init_model=init_model, loss_fn=loss_fn, prepare=prepare)]
 
   # -- inference ----------------------------------------------------------------
   def initial_map(self, params, rest, x01: jax.Array, k: int) -> jax.Array:
@@ -372,7 +363,7 @@ class Ssm(Method):
     for j, k in enumerate(self.ks):
       eta = (self.eta_for_batch(batch, calibration, j) if self.refine_on
              else jnp.zeros((b,), jnp.float32))
-      s, e, it = self.score_scale(state["params"], state["rest"], x, eta, k)
+      s, e, it = self.score_scale(state["params"], state["model_state"], x, eta, k)
       maps.append(s)
       scores.append(e)
       iters.append(it)
@@ -386,7 +377,7 @@ class Ssm(Method):
     x = batch["image"].astype(jnp.float32)
     out = []
     for k in self.ks:
-      s0 = self.initial_map(state["params"], state["rest"], x, k)
+      s0 = self.initial_map(state["params"], state["model_state"], x, k)
       stat = patch_mean(s0, k) if self.eta_statistic == "patch" else s0
       out.append(jnp.max(stat, axis=(1, 2)))
     return jnp.stack(out, axis=1)

@@ -126,6 +126,17 @@ class MAE(nnx.Module):
     x = self.decoder_pred(self.decoder_norm(x))
     return x[:, 1:]
 
+  def decode_all_tokens(self, latent: Array) -> Array:
+    """The decoder on every token of an unmasked encoding: latent [B,1+L,D]
+    (all tokens, in order: no mask tokens, no reordering) -> the normalised
+    decoder features [B,1+L,decoder_dim] before the pixel head (MALA's
+    token balance module reads them)."""
+    h = self.decoder_embed(latent)
+    h = h + self.decoder_pos_embed[...].astype(h.dtype)
+    for blk in self.decoder_blocks:
+      h, _ = blk(h)
+    return self.decoder_norm(h)
+
   def __call__(self, x: Array, keep_ids: Array, ids_restore: Array) -> Array:
     """Reconstruct all patches from the kept ones: [B,H,W,3] -> [B,L,p*p*3]."""
     latent = self.forward_encoder(x, keep_ids)["tokens"]

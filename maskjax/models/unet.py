@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from maskjax.errors import ConfigError
 from maskjax.models import init_utils
 
 _P1 = ((1, 1), (1, 1))
@@ -201,3 +202,20 @@ class SsmUNet(nnx.Module):
     x = jnp.concatenate([image * m[..., None], m[..., None]], axis=-1)
     out = self.body(x, m, train)
     return out[..., :3], out[..., 3]
+
+
+def check_geometry(config, ks: Sequence[int], widths: Sequence[int], where: str) -> int:
+  """Image size must be divisible by every grid cell size k and by the U-Net's
+  total stride; -> the image size."""
+  size = int(config.input.image_size)
+  factor = 2 ** (len(widths) - 1)
+  if size % factor:
+    raise ConfigError(f"{where}: config.input.image_size={size} must be divisible by "
+                      f"{factor} (2 ** (len(config.model.widths) - 1), widths={tuple(widths)})")
+  bad = [k for k in ks if k < 1 or size % k]
+  if bad:
+    raise ConfigError(f"{where}: config.method.ks={tuple(ks)} has cell sizes {bad} that do "
+                      f"not divide config.input.image_size={size}")
+  if not ks:
+    raise ConfigError(f"{where}: config.method.ks is empty; give at least one cell size")
+  return size

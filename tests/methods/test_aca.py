@@ -2,6 +2,12 @@
 normalisation, device crops and cut-paste, multi-scale scoring, config variants."""
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.join(_os.path.dirname(__file__), ".."))
+import stage_helpers  # noqa: E402
+
 import math
 
 import jax
@@ -42,8 +48,8 @@ def _batch(n=4, size=32, seed=0):
 @pytest.fixture(scope="module")
 def trained():
   c = _tiny_config()
-  method = methods.build_method(c)
-  s1, s2 = method.stages()
+  method = stage_helpers.build(c)
+  s1, s2 = stage_helpers.stages(method)
   batch = _batch()
   st0 = jax.jit(s1.init)(jax.random.key(0), None)
   st0_np = jax.device_get(st0)
@@ -80,7 +86,7 @@ def test_apmask_drops_lowest_teacher_attention_and_forward_sees_n_minus_k(traine
   method, st = trained["method"], trained["st1"]
   views = jnp.asarray(np.random.default_rng(5).normal(size=(3, 32, 32, 3)), jnp.float32)
   # independent attention: the ViT's own returned attention, head mean of the CLS row
-  out = method._vit(st["teacher"]["vit"], views, return_attention=True)
+  out = method._vit(st["extras"]["teacher"]["vit"], views, return_attention=True)
   att = np.asarray(out["attention"])[:, :, 0, 1:].mean(axis=1)
   keep = np.asarray(method.student_keep_ids(jax.random.key(0), st, views))
   n = (32 // 8) ** 2
@@ -90,7 +96,7 @@ def test_apmask_drops_lowest_teacher_attention_and_forward_sees_n_minus_k(traine
   dropped = [sorted(set(range(n)) - set(r)) for r in keep]
   for row, d in zip(att, dropped):            # every dropped token <= every kept token
     assert row[d].max() <= np.delete(row, d).min() + 1e-7
-  fwd = method._vit(st["student"]["vit"], views, keep_ids=jnp.asarray(keep))
+  fwd = method._vit(st["params"]["vit"], views, keep_ids=jnp.asarray(keep))
   assert fwd["tokens"].shape == (3, 1 + n - k, 32)
   # the pretrain step's student forwards saw N - k tokens per view
   m1 = trained["m1"]
@@ -102,7 +108,7 @@ def test_apmask_drops_lowest_teacher_attention_and_forward_sees_n_minus_k(traine
 def test_masking_switch_token_counts():
   for variant, expect in (("no_mask", 16), ("random_mask", 16 - 4)):
     c = _tiny_config(variant)
-    method = methods.build_method(c)
+    method = stage_helpers.build(c)
     views = jnp.zeros((2, 32, 32, 3))
     keep = method.student_keep_ids(jax.random.key(1), None, views)   # no attention needed
     if keep is None:
@@ -130,7 +136,7 @@ def test_sinkhorn_targets_are_balanced_across_prototypes(trained):
   b, kk = 40, 20
   rng = np.random.default_rng(0)
   # teacher features all near one prototype: raw assignments collapse
-  c = np.asarray(st["student"]["prototypes"], np.float64)
+  c = np.asarray(st["params"]["prototypes"], np.float64)
   z = c[0][None] + 0.3 * rng.normal(size=(b, c.shape[1]))
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   scores = z @ c.T
@@ -161,15 +167,15 @@ def test_ema_update_and_cosine_momentum_match_numpy(trained):
   m = float(m1["momentum"])
   assert m == pytest.approx(1 - (1 - 0.99) * (math.cos(math.pi * 1 / 4) + 1) / 2, abs=1e-6)
   for key in ("vit", "head"):
-    for t0, s1, t1 in zip(jax.tree.leaves(st0["teacher"][key]),
-                          jax.tree.leaves(st1["student"][key]),
-                          jax.tree.leaves(st1["teacher"][key])):
+    for t0, s1, t1 in zip(jax.tree.leaves(st0["extras"]["teacher"][key]),
+                          jax.tree.leaves(st1["params"][key]),
+                          jax.tree.leaves(st1["extras"]["teacher"][key])):
       np.testing.assert_allclose(t1, m * np.asarray(t0, np.float64) + (1 - m) * s1,
                                  rtol=1e-5, atol=1e-6)
 
 
 def test_prototypes_unit_norm_after_step(trained):
-  p = np.asarray(trained["st1"]["student"]["prototypes"])
+  p = np.asarray(trained["st1"]["params"]["prototypes"])
   assert p.shape == (20, 16)
   np.testing.assert_allclose(np.linalg.norm(p, axis=1), 1.0, atol=1e-5)
   assert np.all(np.isfinite(np.asarray(trained["m1"]["loss"])))
@@ -202,7 +208,7 @@ def test_device_cutpaste_mask_and_untouched_pixels():
 
 def test_finetune_step_starts_from_pretrained_backbone(trained):
   st1, st2_0, m2 = trained["st1"], trained["st2_0"], trained["m2"]
-  for a, b in zip(jax.tree.leaves(st1["student"]["vit"]), jax.tree.leaves(st2_0["params"]["vit"])):
+  for a, b in zip(jax.tree.leaves(st1["params"]["vit"]), jax.tree.leaves(st2_0["params"]["vit"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for k in ("loss", "loss/ce", "loss/dice"):
     assert np.isfinite(float(m2[k]))
@@ -212,11 +218,11 @@ def test_finetune_step_starts_from_pretrained_backbone(trained):
 
 def test_multiscale_score_equals_average_of_single_scale_runs(trained):
   st, batch = trained["st2"], trained["batch"]
-  multi = methods.build_method(_tiny_config(scales=(32, 48, 64)))
+  multi = stage_helpers.build(_tiny_config(scales=(32, 48, 64)))
   out = jax.device_get(jax.jit(multi.score)(st, batch, {}))
   singles = []
   for s in (32, 48, 64):
-    m = methods.build_method(_tiny_config(scales=(s,)))
+    m = stage_helpers.build(_tiny_config(scales=(s,)))
     singles.append(jax.device_get(jax.jit(m.score)(st, batch, {})))
   maps = np.stack([o["anomaly_map"] for o in singles])
   probs = np.stack([o["image_score"] for o in singles])
@@ -247,11 +253,11 @@ def test_config_variants():
   c = _tiny_config()
   c.method.pretrain.masking = "block"
   with pytest.raises(ConfigError, match="masking"):
-    methods.build_method(c)
+    stage_helpers.build(c)
   c = _tiny_config()
   c.method.test_scales = (30,)
   with pytest.raises(ConfigError, match="multiple of the patch"):
-    methods.build_method(c)
+    stage_helpers.build(c)
 
 
 def test_host_cutpaste_transform_labels_and_half_normal():
@@ -266,7 +272,7 @@ def test_host_cutpaste_transform_labels_and_half_normal():
     np.testing.assert_array_equal(out["image"][out["mask"] == 0], img[out["mask"] == 0])
   assert 8 <= sum(labels) <= 32
   c = _tiny_config("poisson")
-  s2 = methods.build_method(c).stages()[-1]
+  s2 = stage_helpers.stages(stage_helpers.build(c))[-1]
   assert isinstance(s2.host_transform, aca.HostCutPaste) and s2.host_transform.poisson
 
 
@@ -275,10 +281,10 @@ def test_finetune_guide_is_the_frozen_starting_backbone(trained):
   from (frozen), not by the network being trained (which would let the
   segmentation head learn its own attention instead of the pasted regions)."""
   st1, st2 = trained["st1"], trained["st2"]
-  for a, b in zip(jax.tree.leaves(st1["student"]["vit"]), jax.tree.leaves(st2["guide"])):
+  for a, b in zip(jax.tree.leaves(st1["params"]["vit"]), jax.tree.leaves(st2["extras"]["guide"])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   moved = [np.abs(np.asarray(a) - np.asarray(b)).max()
-           for a, b in zip(jax.tree.leaves(st2["guide"]), jax.tree.leaves(st2["params"]["vit"]))]
+           for a, b in zip(jax.tree.leaves(st2["extras"]["guide"]), jax.tree.leaves(st2["params"]["vit"]))]
   assert max(moved) > 0
 
 
@@ -291,8 +297,8 @@ def test_finetune_learns_a_fixed_synthetic_batch():
   c.method.use_pretrain = False
   f = c.method.finetune
   f.steps, f.warmup_fraction, f.lr = 30, 0.0, 3e-3
-  method = methods.build_method(c)
-  (s2,) = method.stages()
+  method = stage_helpers.build(c)
+  (s2,) = stage_helpers.stages(method)
   rng = np.random.default_rng(3)
   # smooth images (a paste of a shifted, rotated region is visible on them)
   yy, xx = np.mgrid[0:32, 0:32] / 32.0
@@ -302,7 +308,7 @@ def test_finetune_learns_a_fixed_synthetic_batch():
   batch = {"image": jnp.asarray(imgs)}
   st = jax.jit(s2.init)(jax.random.key(0), None)
   key = jax.random.key(7)
-  x, m, lab = jax.device_get(jax.jit(method.synthesize)(key, st["guide"], batch["image"]))
+  x, m, lab = jax.device_get(jax.jit(method.synthesize)(key, st["extras"]["guide"], batch["image"]))
   assert 4 <= lab.sum() <= 12
   np.testing.assert_array_equal(lab, (m.reshape(16, -1).max(1) > 0).astype(np.int32))
   changed = np.abs(x - imgs).max(axis=(1, 2, 3))

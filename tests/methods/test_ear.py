@@ -3,6 +3,12 @@ category, quantisation and the r10 -> m* fit, a training step, scores, the ViT
 saliency path, the configs."""
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.join(_os.path.dirname(__file__), ".."))
+import stage_helpers  # noqa: E402
+
 import importlib.util
 import os
 
@@ -88,8 +94,8 @@ def test_excision_equals_numpy_eq1(m):
 def test_method_excise_given_attention_map_matches_numpy(monkeypatch):
   """The method's excision with per-category scales (Table 1 m-hat) vs NumPy eq. 1."""
   c = tiny_config(mosaic="m_hat", mosaic_table=True)
-  method = build_method(c)
-  method.set_categories(["mvtec/bottle", "mvtec/pill", "mvtec/wood", "other"])
+  c.input.categories = ("mvtec/bottle", "mvtec/pill", "mvtec/wood", "other")
+  method = stage_helpers.build(c)
   rng = np.random.default_rng(2)
   x = rng.uniform(size=(4, 64, 64, 3)).astype(np.float32)
   a = rng.normal(size=(4, 64, 64)).astype(np.float32)
@@ -180,11 +186,11 @@ def _batch(size=32, b=4, seed=0):
 def test_train_step_decreases_loss_vit_frozen_and_score_shapes():
   """The ViT saliency path end to end: loss falls, the ViT stays frozen, score shapes."""
   c = tiny_config(source="vit")
-  method = build_method(c)
+  method = stage_helpers.build(c)
   assert "random-init ViT" in method.describe()["saliency"]
-  stage = method.stages()[0]
+  stage = stage_helpers.stages(method)[0]
   state = jax.jit(stage.init)(jax.random.PRNGKey(0), None)
-  before = jax.tree.map(np.asarray, state["saliency"])
+  before = jax.tree.map(np.asarray, state["extras"]["saliency"])
   step = jax.jit(stage.train_step)
   batch = _batch()
   losses = []
@@ -197,7 +203,7 @@ def test_train_step_decreases_loss_vit_frozen_and_score_shapes():
   # LAMP: loss = -log(1 - comb)
   assert float(met["loss"]) == pytest.approx(-np.log1p(-float(met["loss/comb"])), rel=1e-5)
   jax.tree.map(np.testing.assert_array_equal, before,
-               jax.tree.map(np.asarray, state["saliency"]))
+               jax.tree.map(np.asarray, state["extras"]["saliency"]))
   out = jax.jit(lambda s, b: method.score(s, b, {}))(state, batch)
   assert out["anomaly_map"].shape == (4, 32, 32)
   assert out["image_score"].shape == (4,)
@@ -208,7 +214,7 @@ def test_train_step_decreases_loss_vit_frozen_and_score_shapes():
 def test_vit_saliency_mask_is_thresholded_cls_attention():
   from maskjax.models import vit
   from maskjax.ops import normalize
-  method = build_method(tiny_config(source="vit"))
+  method = stage_helpers.build(tiny_config(source="vit"))
   state = method.saliency_state(jax.random.PRNGKey(0))
   batch = _batch()
   module = method.vit_f.module(state["saliency"], {})
@@ -219,13 +225,13 @@ def test_vit_saliency_mask_is_thresholded_cls_attention():
 
 def test_variants_wo_attn_and_wo_obf():
   batch = _batch()
-  m = build_method(tiny_config(use_attention=False))
+  m = stage_helpers.build(tiny_config(use_attention=False))
   xp, s = m.excise({}, batch["image"], batch["category_id"])
   from maskjax.ops import mosaic as mosaic_ops
   np.testing.assert_allclose(np.asarray(xp), np.asarray(mosaic_ops.mosaic(batch["image"], 8)),
                              atol=1e-6)
   assert float(jnp.min(s)) == 1.0
-  m = build_method(tiny_config(obfuscation="binary"))
+  m = stage_helpers.build(tiny_config(obfuscation="binary"))
   xp, s = m.excise({}, batch["image"], batch["category_id"])
   np.testing.assert_allclose(np.asarray(xp), np.asarray(batch["image"] * (1 - s[..., None])))
 
@@ -260,7 +266,7 @@ def test_config_variants_and_errors():
   c = tiny_config()
   c.method.saliency_source = "dino"
   with pytest.raises(ConfigError, match="saliency_source"):
-    build_method(c)
+    stage_helpers.build(c)
 
 
 def test_sweep_grid_is_table_2():
@@ -276,7 +282,7 @@ def test_sweep_grid_is_table_2():
 
 
 def test_sgdr_and_warmup_schedules():
-  from maskjax.methods.ear import make_tx
+  from maskjax.train_utils import make_optimizer as make_tx
   cfg = ml_collections.ConfigDict({"name": "sgd", "lr": 0.1, "momentum": 0.0, "schedule": "sgdr",
                                    "sgdr_period": 4, "end_lr": 0.0})
   tx = make_tx(cfg, 10)

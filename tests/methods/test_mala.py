@@ -3,6 +3,12 @@ frozen stage-2 encoder, the PLPM update, the foreground mask, pretrained
 weights, config variants."""
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.join(_os.path.dirname(__file__), ".."))
+import stage_helpers  # noqa: E402
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,8 +67,8 @@ def trained():
   c = _tiny_config()
   c.method.stage1.base_lr = 0.0
   c.method.disc_lr = 3e-3
-  method = methods.build_method(c)
-  s1, s2 = method.stages()
+  method = stage_helpers.build(c)
+  s1, s2 = stage_helpers.stages(method)
   batch = _batch()
   st1_0 = jax.jit(s1.init)(jax.random.key(0), None)
   st1 = jax.tree.map(jnp.copy, st1_0)
@@ -101,8 +107,8 @@ def test_score_map_is_channel0_probability_and_score_is_pooled_max(trained):
   np.testing.assert_allclose(np.asarray(out["image_score"]),
                              _np_avgpool_max(amap, method.config.method.score_kernel),
                              rtol=1e-5, atol=1e-6)
-  logits = np.asarray(method._map_logits(st2["encoder"], st2["trainable"]["decoder"],
-                                         st2["trainable"]["tbm"], st2["rest"], batch["image"]),
+  logits = np.asarray(method._map_logits(st2["model_state"]["encoder"], st2["params"]["decoder"],
+                                         st2["params"]["tbm"], st2["model_state"]["mae"], batch["image"]),
                       np.float64)
   assert logits.shape == (4, 32, 32, 2)
   e = np.exp(logits - logits.max(-1, keepdims=True))
@@ -158,23 +164,23 @@ def test_stage2_encoder_frozen_without_optimizer_state(trained):
   enc1, dec1 = method.split_mae(st1["params"])
   # stage 2 starts from stage 1's encoder and decoder
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               enc1, st2_0["encoder"])
+               enc1, st2_0["model_state"]["encoder"])
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               dec1, st2_0["trainable"]["decoder"])
+               dec1, st2_0["params"]["decoder"])
   # encoder unchanged after the steps, decoder and TBM trained
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
-               st2_0["encoder"], st2["encoder"])
+               st2_0["model_state"]["encoder"], st2["model_state"]["encoder"])
   changed = jax.tree.leaves(jax.tree.map(
-      lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), st2_0["trainable"],
-      st2["trainable"]))
+      lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), st2_0["params"],
+      st2["params"]))
   assert sum(changed) > 0.9 * len(changed)
   # the optimizer state holds exactly two moments per trainable value, nothing for the encoder
-  opt_sizes = sum(np.size(x) for x in jax.tree.leaves(st2["opt"]) if np.ndim(x) > 0)
-  train_size = sum(np.size(x) for x in jax.tree.leaves(st2["trainable"]))
-  enc_size = sum(np.size(x) for x in jax.tree.leaves(st2["encoder"]))
+  opt_sizes = sum(np.size(x) for x in jax.tree.leaves(st2["opt_state"]) if np.ndim(x) > 0)
+  train_size = sum(np.size(x) for x in jax.tree.leaves(st2["params"]))
+  enc_size = sum(np.size(x) for x in jax.tree.leaves(st2["model_state"]["encoder"]))
   assert enc_size > 0 and opt_sizes == 2 * train_size
   assert "encoder" not in jax.tree_util.keystr(jax.tree_util.tree_flatten_with_path(
-      st2["opt"])[0])
+      st2["opt_state"])[0])
   assert np.isfinite(float(trained["m2"]["loss"]))
 
 
@@ -187,10 +193,10 @@ def test_plpm_discriminator_step_lowers_bce(trained):
   from maskjax.ops import masks
   st = trained["st1_before_last"]
   keep, _, restore = masks.mae_random_masking(key, 4, method.num_tokens, 0.75)
-  recon = jax.jit(method._reconstruct)(st["params"], st["rest"], batch["image"], keep, restore)
+  recon = jax.jit(method._reconstruct)(st["params"], st["model_state"], batch["image"], keep, restore)
   disc = jax.jit(method._disc)
-  lo = np.asarray(disc(st["disc"], batch["image"]), np.float64)
-  lp = np.asarray(disc(st["disc"], recon), np.float64)
+  lo = np.asarray(disc(st["extras"]["disc"], batch["image"]), np.float64)
+  lp = np.asarray(disc(st["extras"]["disc"], recon), np.float64)
   sig = lambda z: 1 / (1 + np.exp(-z))
   bce = 0.5 * (np.mean(-np.log(1 - sig(lo))) + np.mean(-np.log(sig(lp))))
   np.testing.assert_allclose(losses[-1], bce, rtol=1e-4)
@@ -229,7 +235,7 @@ def test_foreground_mask_and_perlin_transform():
 def test_init_from_converted_mae(tmp_path):
   from maskjax import weights
   c = _tiny_config()
-  method = methods.build_method(c)
+  method = stage_helpers.build(c)
   rng = np.random.default_rng(0)
   shapes = method.f_mae.params          # the MAE's parameter shapes (abstract)
   src = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(np.float32), shapes)
@@ -241,7 +247,7 @@ def test_init_from_converted_mae(tmp_path):
   tflat = weights.flatten(template)
   for name, expect_all in (("mae", True), ("enc", False)):
     c.model.init_from = str(tmp_path / name)
-    m = methods.build_method(c)
+    m = stage_helpers.build(c)
     got = weights.flatten(jax.device_get(jax.jit(m._pretrained_mae)(template)))
     assert set(got) == set(flat)
     for k, v in flat.items():
@@ -249,9 +255,9 @@ def test_init_from_converted_mae(tmp_path):
       np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want), err_msg=k)
   c.model.decoder_dim = 24
   c.model.init_from = str(tmp_path / "mae")
-  m = methods.build_method(c)
+  m = stage_helpers.build(c)
   with pytest.raises(Exception, match="does not fit"):
-    jax.eval_shape(m.stages()[0].init, jax.random.key(0), None)
+    jax.eval_shape(stage_helpers.stages(m)[0].init, jax.random.key(0), None)
 
 
 def test_config_variants_and_errors():
@@ -268,16 +274,22 @@ def test_config_variants_and_errors():
   c = _tiny_config()
   c.method.score_kernel = 4
   with pytest.raises(ConfigError, match="score_kernel"):
-    methods.build_method(c)
-  # stage lengths: epochs * samples_per_category * categories / batch
+    stage_helpers.build(c)
+  # stage lengths: epochs * ceil(samples_per_category * categories / batch)
   c = _tiny_config()
   c.train.steps = 0
-  m = methods.build_method(c)
-  m._ncat = 27
-  assert m.stage_steps(mala_config.get_config().method.stage1) == 2000 * 200 * 27 // 128
-  assert m.stage_steps(mala_config.get_config().method.stage2) == 700 * 80 * 27 // 32
+  full = mala_config.get_config().method
+  for name, key in (("stage1", "stage1"), ("stage2", "stage2")):
+    c.method[key].epochs = full[key].epochs
+    c.method[key].samples_per_category = full[key].samples_per_category
+    c.method[key].batch_size = full[key].batch_size
+  from maskjax.methods import DataInfo, build_method
+  info = DataInfo.uniform([f"c{i}" for i in range(27)], 10, 32)   # MVTec AD + VisA
+  s1, s2 = stage_helpers.stages(build_method(c, info))
+  assert s1.steps == 2000 * -(-200 * 27 // 128) and s2.steps == 700 * -(-80 * 27 // 32)
+  assert s1.samples_per_epoch == 200 and s2.samples_per_epoch == 80
   # ablations: stage lists
-  names = lambda *v: [s.name for s in methods.build_method(_tiny_config(*v)).stages()]
+  names = lambda *v: [s.name for s in stage_helpers.stages(stage_helpers.build(_tiny_config(*v)))]
   assert names() == ["stage1", "stage2"]
   assert names("no_stage1") == ["stage2"]
   assert names("recon_score") == ["stage1"]
@@ -286,14 +298,14 @@ def test_config_variants_and_errors():
 def test_ablations_run(trained):
   batch = trained["batch"]
   # no stage 1 + no TBM: stage 2 from scratch, decoder-only head
-  method = methods.build_method(_tiny_config("no_stage1", "no_tbm"))
-  (s2,) = method.stages()
+  method = stage_helpers.build(_tiny_config("no_stage1", "no_tbm"))
+  (s2,) = stage_helpers.stages(method)
   st = jax.jit(s2.init)(jax.random.key(0), None)
-  assert "proj_in" not in st["trainable"]["tbm"]
+  assert "proj_in" not in st["params"]["tbm"]
   st, m = jax.jit(s2.train_step)(st, batch, jax.random.key(1))
   assert np.isfinite(float(m["loss"]))
   # reconstruction-based scoring with the stage-1 model
-  method = methods.build_method(_tiny_config("recon_score"))
+  method = stage_helpers.build(_tiny_config("recon_score"))
   out = jax.jit(method.score)(trained["st1"], batch, {})
   amap = np.asarray(out["anomaly_map"])
   assert amap.shape == (4, 32, 32) and np.all(np.isfinite(amap)) and amap.max() > 0
@@ -303,12 +315,12 @@ def test_ablations_run(trained):
 
 def test_balanced_sampling_quotas_and_per_category_runs():
   c = mala_config.get_config("demo")
-  stages = methods.build_method(c).stages()
+  stages = stage_helpers.stages(stage_helpers.build(c))
   assert [s.samples_per_epoch for s in stages] == [
       c.method.stage1.samples_per_category, c.method.stage2.samples_per_category]
   with pytest.raises(ConfigError, match="one model per category"):
-    methods.build_method(mala_config.get_config("demo,per_category")).stages()
+    stage_helpers.stages(stage_helpers.build(mala_config.get_config("demo,per_category")))
   one = mala_config.get_config("demo,per_category")
   one.input.demo_source = "synthetic"
   one.input.categories = ("pill",)
-  assert len(methods.build_method(one).stages()) == 2
+  assert len(stage_helpers.stages(stage_helpers.build(one))) == 2

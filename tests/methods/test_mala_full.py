@@ -30,13 +30,14 @@ def test_full_architecture_reduced_width_on_multi_layout(tmp_path):
   workdir = str(tmp_path / "run")
   res = train.run(c, workdir, evaluate_after_train=False)
   state = res["state"]
-  assert set(state) >= {"encoder", "trainable", "opt"}
-  assert len(state["encoder"]["blocks"]) == 4
-  assert len(state["trainable"]["decoder"]["decoder_blocks"]) == 2
-  assert state["encoder"]["blocks"][0]["attn"]["qkv"]["kernel"].shape == (64, 192)
+  assert set(state) == {"params", "model_state", "opt_state", "step", "extras"}
+  assert "encoder" in state["model_state"]
+  assert len(state["model_state"]["encoder"]["blocks"]) == 4
+  assert len(state["params"]["decoder"]["decoder_blocks"]) == 2
+  assert state["model_state"]["encoder"]["blocks"][0]["attn"]["qkv"]["kernel"].shape == (64, 192)
   for stage in ("stage1", "stage2"):
     assert os.path.isdir(os.path.join(workdir, "checkpoints", stage))
   with open(os.path.join(workdir, "config.json")) as f:
     assert json.load(f)["input"]["categories"] == ["mvtec/*", "visa/*"]
   assert all(np.all(np.isfinite(np.asarray(x))) for x in
-             __import__("jax").tree.leaves(state["trainable"]))
+             __import__("jax").tree.leaves(state["params"]))

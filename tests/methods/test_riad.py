@@ -2,6 +2,12 @@
 formula, scoring, config variants."""
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.join(_os.path.dirname(__file__), ".."))
+import stage_helpers  # noqa: E402
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +18,6 @@ import torch.nn.functional as F
 from configs import riad as riad_config
 from maskjax import methods
 from maskjax.errors import ConfigError
-from maskjax.methods.riad import stage_steps
 
 
 def _tiny_config(**method):
@@ -70,7 +75,7 @@ class _FakeNet:
 
 
 def test_inpainting_composition_and_loss_vs_torch():
-  m = methods.build_method(_tiny_config(loss_weights={"l2": 0.7, "ssim": 1.3, "msgms": 0.5}))
+  m = stage_helpers.build(_tiny_config(loss_weights={"l2": 0.7, "ssim": 1.3, "msgms": 0.5}))
   m.f = _FakeNet()
   x = np.asarray(jax.random.uniform(jax.random.PRNGKey(0), (2, 16, 16, 3)))
   masks = np.asarray(m.score_masks(4))
@@ -96,8 +101,8 @@ def test_inpainting_composition_and_loss_vs_torch():
 
 def test_train_step_and_score():
   c = _tiny_config()
-  m = methods.build_method(c)
-  (stage,) = m.stages()
+  m = stage_helpers.build(c)
+  (stage,) = stage_helpers.stages(m)
   assert stage.steps == 3 and stage.name == "train"
   state = jax.jit(stage.init)(jax.random.PRNGKey(0), None)
   x = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3))
@@ -115,7 +120,7 @@ def test_train_step_and_score():
   # map = box filter (21, zero padding) of the sum over k of the MSGMS maps
   total = 0
   for k in c.method.ks:
-    recon, _ = m.inpaint(state["params"], state["rest"], x, m.score_masks(k), train=False)
+    recon, _ = m.inpaint(state["params"], state["model_state"], x, m.score_masks(k), train=False)
     total = total + _torch_msgms(_nchw(recon), _nchw(x)).numpy()
   from scipy import ndimage
   want = ndimage.uniform_filter(total, size=(1, 21, 21), mode="constant")
@@ -127,7 +132,7 @@ def test_config_variants_and_errors():
   assert full.input.image_size == 256 and tuple(full.model.widths) == (64, 128, 256, 512, 512)
   assert tuple(full.method.ks) == (2, 4, 8, 16) and full.optim.lr == 1e-4
   assert full.optim.weight_decay == 1e-5
-  assert stage_steps(full) == 300 * 30
+  assert full.train.epochs == 300 and full.train.steps == 0 and "steps_per_epoch" not in full.method
   demo = riad_config.get_config("demo")
   assert demo.input.data_dir == "" and demo.input.image_size == 64 and demo.train.steps > 0
   with pytest.raises(ConfigError, match="'nope'.*full, demo"):
@@ -135,9 +140,9 @@ def test_config_variants_and_errors():
   bad = _tiny_config()
   bad.method.ks = (3,)
   with pytest.raises(ConfigError, match="ks"):
-    methods.build_method(bad)
+    stage_helpers.build(bad)
   bad = _tiny_config()
   bad.train.steps = 0
   bad.train.epochs = 0
   with pytest.raises(ConfigError, match="train.steps"):
-    methods.build_method(bad)
+    stage_helpers.stages(stage_helpers.build(bad))

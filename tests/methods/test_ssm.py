@@ -3,6 +3,12 @@ against a plain NumPy/Python Algorithm 1 driving the same jitted network image
 by image; per-image convergence; calibration; training step; configs."""
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.join(_os.path.dirname(__file__), ".."))
+import stage_helpers  # noqa: E402
+
 import functools
 
 import jax
@@ -39,8 +45,8 @@ def _tiny_config(*variants, **method):
 @functools.lru_cache(maxsize=None)
 def _trained():
   """A tiny SSM after a few steps (running BatchNorm statistics are non-trivial)."""
-  m = methods.build_method(_tiny_config())
-  (stage,) = m.stages()
+  m = stage_helpers.build(_tiny_config())
+  (stage,) = stage_helpers.stages(m)
   state = jax.jit(stage.init)(jax.random.PRNGKey(0), None)
   step = jax.jit(stage.train_step)
   x = _images(8, seed=5)
@@ -118,7 +124,7 @@ def _np_algorithm1(net, x, eta, k, max_iters):
 
 
 def _jitted_net(m, state):
-  f = jax.jit(lambda x, mask: m.predict(state["params"], state["rest"], x[None], mask[None])[0][0][0])
+  f = jax.jit(lambda x, mask: m.predict(state["params"], state["model_state"], x[None], mask[None])[0][0][0])
   return lambda x, mask: f(jnp.asarray(x, jnp.float32), jnp.asarray(mask, jnp.float32))
 
 
@@ -134,7 +140,7 @@ def _np_s0_patch_max(net, x, k):
 def _etas(m, state, x, k, q):
   """Per-image eta between two neighbouring S^0 patch means at quantile q (forces
   mask changes and keeps eta away from the values it is compared with)."""
-  s0 = np.asarray(jax.jit(m.initial_map, static_argnums=3)(state["params"], state["rest"], x, k))
+  s0 = np.asarray(jax.jit(m.initial_map, static_argnums=3)(state["params"], state["model_state"], x, k))
   out = []
   for s, qq in zip(s0, q):
     v = np.sort(np.unique(_np_patch_mean(s, k)))
@@ -149,8 +155,8 @@ def test_batched_refinement_equals_numpy_algorithm1():
   x = _images(4, seed=1)
   net = _jitted_net(m, state)
   refine = jax.jit(lambda x, eta, k: ssm_lib.refine(
-      m.error_fn(state["params"], state["rest"], x),
-      m.initial_map(state["params"], state["rest"], x, k), eta, k, m.max_iters),
+      m.error_fn(state["params"], state["model_state"], x),
+      m.initial_map(state["params"], state["model_state"], x, k), eta, k, m.max_iters),
       static_argnums=2)
   for k in (4, 8):
     eta = _etas(m, state, x, k, [0.5, 0.7, 0.3, 0.85])
@@ -181,9 +187,9 @@ class _SmoothingNet:
 
 
 def test_batched_refinement_equals_numpy_with_changing_masks():
-  m = methods.build_method(_tiny_config(max_iters=8))
+  m = stage_helpers.build(_tiny_config(max_iters=8))
   m.f = _SmoothingNet()
-  state = {"params": {}, "rest": {}}
+  state = {"params": {}, "model_state": {}}
   x = _images(4, seed=7)
   net = _jitted_net(m, state)
   refine = jax.jit(lambda x, eta, k: ssm_lib.refine(
@@ -208,8 +214,8 @@ def test_per_image_convergence_independent_of_batch():
   k = 4
   eta = _etas(m, state, x, k, [0.2, 0.6, 0.9])
   refine = jax.jit(lambda x, eta: ssm_lib.refine(
-      m.error_fn(state["params"], state["rest"], x),
-      m.initial_map(state["params"], state["rest"], x, k), eta, k, m.max_iters))
+      m.error_fn(state["params"], state["model_state"], x),
+      m.initial_map(state["params"], state["model_state"], x, k), eta, k, m.max_iters))
   mask, smap, iters = refine(x, jnp.asarray(eta))
   for i in range(3):
     mi, si, it = refine(x[i:i + 1], jnp.asarray(eta[i:i + 1]))
@@ -223,8 +229,8 @@ def test_per_image_convergence_independent_of_batch():
   np.testing.assert_array_equal(it2, iters[perm])
   # max_iters caps every image
   capped = jax.jit(lambda x, eta: ssm_lib.refine(
-      m.error_fn(state["params"], state["rest"], x),
-      m.initial_map(state["params"], state["rest"], x, k), eta, k, 1))(x, jnp.asarray(eta))
+      m.error_fn(state["params"], state["model_state"], x),
+      m.initial_map(state["params"], state["model_state"], x, k), eta, k, 1))(x, jnp.asarray(eta))
   assert int(jnp.max(capped[2])) == 1
 
 
@@ -249,7 +255,7 @@ def test_score_ensembles_scales_with_per_category_eta():
   np.testing.assert_allclose(out["image_score"], want_score, rtol=1e-4, atol=1e-6)
   np.testing.assert_array_equal(out["iterations"], want_iters)
   # one eta for every scale (the maximum over k): the per-category scalar is used
-  m1 = methods.build_method(_tiny_config(eta_per_scale=False))
+  m1 = stage_helpers.build(_tiny_config(eta_per_scale=False))
   cal1 = dict(cal, eta_per_category=[e4, 100.0])
   out1 = jax.jit(m1.score)(state, {"image": x, "category_id": jnp.asarray([0, 1])}, cal1)
   res = [_np_algorithm1(net, x[0], e4, k, m.max_iters) for k in m.ks]
@@ -294,7 +300,7 @@ def test_training_masks_and_step():
     cells = mask.reshape(SIZE // k, k, SIZE // k, k)
     assert np.all(cells == cells[:, :1, :, :1])
   assert 0.3 < masks.mean() < 0.7
-  (stage,) = m.stages()
+  (stage,) = stage_helpers.stages(m)
   _, met = jax.jit(stage.train_step)(state, {"image": _images(4)}, jax.random.PRNGKey(9))
   assert set(met) >= {"loss", "loss/mse", "loss/gms", "loss/ssim", "loss/mask"}
   terms = [float(met[f"loss/{n}"]) * m.w[n] for n in ("mse", "gms", "ssim", "mask")]
@@ -303,7 +309,7 @@ def test_training_masks_and_step():
 
 def test_no_refine_baseline_and_configs():
   c = _tiny_config("no_refine")
-  m = methods.build_method(c)
+  m = stage_helpers.build(c)
   _, state = _trained()
   out = jax.jit(m.score)(state, {"image": _images(2)}, {})
   assert out["anomaly_map"].shape == (2, SIZE, SIZE)
@@ -311,7 +317,7 @@ def test_no_refine_baseline_and_configs():
   assert int(jnp.max(out["iterations"])) == 0
   full = ssm_config.get_config()
   assert full.input.image_size == 256 and tuple(full.model.widths) == (64, 128, 256, 512, 512)
-  assert full.optim.schedule == "step" and full.optim.decay_every == 50 * full.method.steps_per_epoch
+  assert full.optim.schedule == "step" and full.optim.decay_every_epochs == 50
   assert full.model.use_mam and not ssm_config.get_config("no_mam").model.use_mam
   with pytest.raises(ConfigError, match="'bogus'.*no_refine"):
     ssm_config.get_config("bogus")

@@ -1,6 +1,12 @@
 """SSM's refined-map options against the independent NumPy Algorithm 1 of test_ssm."""
 from __future__ import annotations
 
+import os as _os
+import sys as _sys
+
+_sys.path.insert(0, _os.path.join(_os.path.dirname(__file__), ".."))
+import stage_helpers  # noqa: E402
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +42,7 @@ def test_as_written_zeroes_sub_threshold_maps_s0_visible_keeps_them():
   # as written: an image that never exceeds eta gets an exactly zero map and score
   assert float(jnp.abs(out["anomaly_map"][1]).max()) < 1e-4  # float round-off of f(I, I)
   assert abs(float(out["image_score"][1])) < 1e-4
-  mv = methods.build_method(_tiny_config(refined_map="s0_visible", image_score="max"))
+  mv = stage_helpers.build(_tiny_config(refined_map="s0_visible", image_score="max"))
   outv = jax.jit(mv.score)(state, batch, cal)
   for i, cat in enumerate([0, 1]):
     want = []
@@ -49,4 +55,4 @@ def test_as_written_zeroes_sub_threshold_maps_s0_visible_keeps_them():
                                rtol=1e-4, atol=1e-5)
   assert float(outv["anomaly_map"][1].max()) > 1e-3  # the S^0 evidence is kept
   with pytest.raises(ConfigError, match="refined_map"):
-    methods.build_method(_tiny_config(refined_map="bogus"))
+    stage_helpers.build(_tiny_config(refined_map="bogus"))

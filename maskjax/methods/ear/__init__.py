@@ -41,7 +41,8 @@ Mosaic-scale file: `config.method.mosaic_file` (a `mosaic.json` written by
 `python -m maskjax.methods.ear.fit_mosaic`), default `<workdir>/mosaic.json`
 of the run (set by the loop); read when present.
 
-Steps: `config.train.steps` when > 0, else `train.epochs * method.steps_per_epoch`.
+Duration: `config.train.epochs` over the training split (converted to steps by
+the loop with the data size); `config.train.steps` > 0 overrides.
 """
 from __future__ import annotations
 
@@ -51,35 +52,28 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
 
 from maskjax import methods, train_utils
 from maskjax.errors import ConfigError
-from maskjax.methods.base import Method, Stage
+from maskjax.methods.base import Duration, Method, Stage
 from maskjax.methods.ear import core
 from maskjax.models.ear_unet import EarUNet
 from maskjax.ops import gms, losses, normalize, ssim
 
 
-stage_steps = train_utils.steps_from_config
-
-
-#: the optimiser (the paper's Table 2 grid uses the "warmup" and "sgdr" schedules)
-make_tx = train_utils.make_optimizer
-
-
 @methods.register
 class Ear(Method):
-  """EAR; see the package docstring. State: {"params", "rest", "opt_state"} plus
-  "saliency" (frozen ViT parameters) when `saliency_source == "vit"`."""
+  """EAR; see the package docstring. State: U-Net params, BatchNorm statistics
+  as model_state, extras {"saliency": frozen ViT parameters} when
+  `saliency_source == "vit"`."""
 
   name = "ear"
 
-  def __init__(self, config):
-    super().__init__(config)
+  def __init__(self, config, data):
+    super().__init__(config, data)
     m, mo = config.method, config.model
     self.size = int(config.input.image_size)
     if self.size % 32:
@@ -110,10 +104,8 @@ class Ear(Method):
     self.sr_work_size = int(m.get("spectral_work_size", 64))
     self.sr_sigma = float(m.get("spectral_blur_sigma", 2.5))
     self.dtype = train_utils.compute_dtype(config.train)
-    self.steps = stage_steps(config)
-    self.tx = make_tx(config.optim, self.steps)
     self.f = train_utils.Functional(nnx.eval_shape(lambda: self._unet(nnx.Rngs(0))))
-    self._categories: Optional[list[str]] = None
+    self._categories: list[str] = list(data.categories)
     self._scales: Optional[np.ndarray] = None
     self._scale_sources: dict = {}
     self._saliency_note = ""
@@ -152,17 +144,8 @@ class Ear(Method):
                       self._saliency_note)
 
   # -- mosaic scales ----------------------------------------------------------
-  def set_categories(self, categories) -> None:
-    """The run's sorted category list (category_id indexes it). Resolved from
-    `config.input` on first use when not set."""
-    self._categories = list(categories)
-    self._scales = None
-
   def categories(self) -> list[str]:
-    if self._categories is None:
-      from maskjax.data import sources
-      self._categories = list(sources.scan(self.config.input, int(self.config.seed),
-                                           check_files=False)[0])
+    """The run's category list (category_id indexes it), from its `DataInfo`."""
     return self._categories
 
   def mosaic_file(self) -> str:
@@ -255,48 +238,37 @@ class Ear(Method):
     if self.obfuscation == "mosaic":
       self.scales()  # resolve on the host, before tracing
 
-    def init(rng, previous):
+    def init_model(rng, previous):
       del previous
       _, params, rest = train_utils.split_pure(self._unet(nnx.Rngs(params=rng)))
-      state = {"params": params, "rest": rest, "opt_state": self.tx.init(params)}
-      state.update(self.saliency_state(jax.random.fold_in(rng, 1)))
-      return state
+      return params, rest, self.saliency_state(jax.random.fold_in(rng, 1))
 
-    def train_step(state, batch, rng):
+    def prepare(state, batch, rng, step):
       x = batch["image"].astype(jnp.float32)
-      xp, s = self.excise(state, x, batch["category_id"])
-      xp = jax.lax.stop_gradient(xp)
+      xp, s = self.excise(state["extras"], x, batch["category_id"])
+      return {"x": x, "xp": jax.lax.stop_gradient(xp), "s": s}, {}
 
-      def loss_fn(params, mb, r):
-        del r
-        recon, rest = self.recover(params, state["rest"], mb["xp"], train=True)
-        terms = self.loss_terms(recon, mb["x"])
-        comb = sum(self.w[n] * v for n, v in terms.items())
-        loss = losses.lamp(comb) if self.use_lamp else comb
-        aux = {f"loss/{n}": v for n, v in terms.items()}
-        aux["loss/comb"] = comb
-        aux["state"] = rest
-        return loss, aux
+    def loss_fn(params, state, batch, rng, step):
+      recon, rest = self.recover(params, state["model_state"], batch["xp"], train=True)
+      terms = self.loss_terms(recon, batch["x"])
+      comb = sum(self.w[n] * v for n, v in terms.items())
+      loss = losses.lamp(comb) if self.use_lamp else comb
+      aux = {f"loss/{n}": v for n, v in terms.items()}
+      aux["loss/comb"] = comb
+      aux["mask_fraction"] = jnp.mean(batch["s"])
+      aux["model_state"] = rest
+      return loss, aux
 
-      (loss, aux), grads = train_utils.value_and_grad_accum(
-          loss_fn, state["params"], {"x": x, "xp": xp}, rng,
-          accum_steps=int(self.config.optim.get("accum_steps", 1)))
-      rest = aux.pop("state")
-      params, opt_state = train_utils.apply_updates(self.tx, state["params"],
-                                                    state["opt_state"], grads)
-      new_state = dict(state, params=params, rest=rest, opt_state=opt_state)
-      metrics = dict(aux, loss=loss, mask_fraction=jnp.mean(s))
-      return new_state, metrics
-
-    return [Stage(name="train", steps=self.steps, batch_size=int(self.config.input.batch_size),
-                  init=init, train_step=train_step)]
+    return [Stage(name="train", duration=Duration(epochs=int(self.config.train.epochs)),
+                  batch_size=int(self.config.input.batch_size), optim=self.config.optim,
+                  init_model=init_model, loss_fn=loss_fn, prepare=prepare)]
 
   # -- scoring ----------------------------------------------------------------
   def reconstruct(self, state, batch) -> dict:
     """{"excised": I', "mask": S, "recon": Î} for a batch (eval mode)."""
     x = batch["image"].astype(jnp.float32)
-    xp, s = self.excise(state, x, batch["category_id"])
-    recon, _ = self.recover(state["params"], state["rest"], xp, train=False)
+    xp, s = self.excise(state["extras"], x, batch["category_id"])
+    recon, _ = self.recover(state["params"], state["model_state"], xp, train=False)
     return {"excised": xp, "mask": s, "recon": recon}
 
   def score(self, state, batch, calibration) -> dict:

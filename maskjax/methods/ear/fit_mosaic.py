@@ -85,17 +85,14 @@ def estimate(r10: Mapping[str, float], fits: Mapping[str, Mapping], *, cap: Opti
   return out
 
 
-def compute_r10(method, config) -> dict:
-  """{category: (r10, n_images)} from the training normals (see module doc)."""
+def compute_r10(method, config, splits, data) -> dict:
+  """{category: (r10, n_images)} from the training normals (see module doc);
+  `data` is the loop's data access (`maskjax.train.DataAPI`)."""
   import jax
   import jax.numpy as jnp
-  from maskjax.data import images, sources
   from maskjax.ops import mosaic as mosaic_ops
 
-  splits = sources.load_splits(config.input, int(config.seed))
-  method.set_categories(splits.categories)
   state = method.saliency_state(jax.random.PRNGKey(int(config.seed)))
-  size = int(config.input.image_size)
 
   @jax.jit
   def r10_fn(st, x):
@@ -103,21 +100,17 @@ def compute_r10(method, config) -> dict:
     r = mosaic_ops.hessian_edge_response(jnp.mean(x, axis=-1))
     return mosaic_ops.top_fraction_mean(r, s, FRACTION)
 
-  limit = int(config.method.get("fit_max_images", 0))
-  bs = int(config.input.get("eval_batch_size", 8))
+  limit = int(config.method.fit_max_images)
+  bs = int(config.input.eval_batch_size)
   out = {}
   for c in splits.categories:
     recs = [r for r in splits.train if r.category == c]
     if limit > 0:
       recs = recs[:limit]
     vals = []
-    for i in range(0, len(recs), bs):
-      chunk = recs[i:i + bs]
-      x = np.stack([images.load_image(r.path, size) for r in chunk])
-      pad = bs - len(chunk)
-      if pad:
-        x = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)])
-      vals.append(np.asarray(r10_fn(state, jnp.asarray(x)))[:len(chunk)])
+    for b in data.eval_batches(config.input, recs, global_batch_size=bs):
+      valid = np.asarray(b["valid"], bool)
+      vals.append(np.asarray(r10_fn(state, jnp.asarray(b["image"], jnp.float32)))[valid])
     out[c] = (float(np.mean(np.concatenate(vals))), len(recs))
   return out
 
@@ -125,9 +118,12 @@ def compute_r10(method, config) -> dict:
 def run(config, workdir: str) -> dict:
   """Compute r10, fit (or load a fit), estimate, write `<workdir>/mosaic.json`."""
   from maskjax.errors import ConfigError
+  from maskjax import data_info, train
   from maskjax.methods import build_method
-  method = build_method(config)
-  r10n = compute_r10(method, config)
+  data = train.DataAPI()
+  splits = data.load_splits(config.input, int(config.seed))
+  method = build_method(config, data_info.from_splits(splits, config))
+  r10n = compute_r10(method, config, splits, data)
   r10 = {c: v for c, (v, _) in r10n.items()}
   use_table = bool(config.method.get("mosaic_table", True))
   fits = fit_groups(r10, use_table=use_table)
