@@ -32,7 +32,7 @@ def parse_variants(arg, known, source: str, default: str = "", single: bool = Fa
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0                        # root random seed: data order and split, init, masks
 
   # -- data -------------------------------------------------------------------
   c.input = ml_collections.ConfigDict()
@@ -45,13 +45,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.format = "mvtec"
   # Category names or globs; "dataset/name" when several datasets are combined.
   c.input.categories = ("*",)
-  c.input.image_size = 256
-  c.input.batch_size = 8
-  c.input.eval_batch_size = 8
+  c.input.image_size = 256          # side of the square model input, pixels (images are resized)
+  c.input.batch_size = 8            # global training batch (all devices and hosts together)
+  c.input.eval_batch_size = 8       # global batch of calibration, evaluation and predict
   c.input.val_fraction = 0.1        # of training normals, seeded, for thresholds
   c.input.num_workers = 0           # grain worker processes (0 = in-process)
-  c.input.prefetch = 2
+  c.input.prefetch = 2              # batches read ahead per grain worker (the reader buffers 4x)
+  c.input.decode_threads = 4        # grain threads reading and decoding images (each process)
   c.input.skip_bad_files = False    # True: skip and count bad files instead of failing
+  c.input.convert_unusual_images = False  # True: convert 16-bit, alpha, palette images on load
   c.input.texture_dir = ""          # DTD-layout textures for Perlin anomalies ("" = built-in)
   c.input.cache_dir = ""            # where the demo data is generated ("" = ~/.cache/maskjax)
   c.input.demo_source = "photos"    # demo data (data_dir ""): "photos" (real photos) | "synthetic"
@@ -60,50 +62,59 @@ def base_config() -> ml_collections.ConfigDict:
   # problem. "labels": any non-zero value is a defect (instance-label masks).
   # "auto": "labels" for the VisA format (its masks are instance labels), else "binary".
   c.input.mask_values = "auto"
-  # folder format only
-  c.input.normal_dir = ""
-  c.input.abnormal_dir = ""
-  c.input.mask_dir = ""
+  c.input.tfds_name = "maskjax_mvtec"  # format tfds: maskjax_mvtec | maskjax_visa (tfds_builders)
+  # Format "folder" (data_dir is its root; relative directories are taken under it):
+  c.input.normal_dir = ""           # folder: normal images (training; see folder_normal_test_dir)
+  c.input.abnormal_dir = ""         # folder: anomalous test images, sub-folders = defect types
+  c.input.mask_dir = ""             # folder: masks named <stem> or <stem>_mask ("" = none)
+  c.input.folder_category = ""      # folder: category name ("" = data_dir's base name)
+  c.input.folder_normal_test_dir = ""  # folder: normal test images ("" = a share of normal_dir)
+  c.input.folder_test_normal_fraction = 0.2  # folder: that share, seeded
 
   # -- model / method: filled in by each config ----------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.init_from = ""            # converted Orbax checkpoint (maskjax.weights.convert)
   c.method = ml_collections.ConfigDict()
-  c.method.name = ""
+  c.method.name = ""                # riad | ssm | ear | aca | mala (set by the method's config)
 
   # -- optimiser --------------------------------------------------------------
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"             # adam | adamw | sgd
-  c.optim.lr = 1e-4
+  c.optim.lr = 1e-4                 # peak learning rate (methods with stages may set one per stage)
   c.optim.weight_decay = 0.0        # adam: L2 added to the gradient (PyTorch Adam); adamw: decoupled
-  c.optim.b1 = 0.9
-  c.optim.b2 = 0.999
-  c.optim.eps = 1e-8
-  c.optim.schedule = "constant"     # constant | step | warmup_cosine
+  c.optim.b1 = 0.9                  # adam / adamw: first-moment decay
+  c.optim.b2 = 0.999                # adam / adamw: second-moment decay
+  c.optim.eps = 1e-8                # adam / adamw: added to the root of the second moment
+  c.optim.momentum = 0.9            # sgd: momentum
+  c.optim.schedule = "constant"     # constant | step | warmup | warmup_cosine | sgdr
   c.optim.decay_every = 0           # step schedule: multiply lr by decay_factor every N steps
-  c.optim.decay_factor = 0.5
-  c.optim.warmup_steps = 0
-  c.optim.warmup_init_lr = 0.0
-  c.optim.end_lr = 0.0
+  c.optim.decay_every_epochs = 0    # > 0: decay_every in epochs (converted with the data size)
+  c.optim.decay_factor = 0.5        # step schedule: lr factor at every decay
+  c.optim.warmup_steps = 0          # warmup, warmup_cosine: linear warmup length in steps
+  c.optim.warmup_epochs = 0         # > 0: warm-up in epochs (converted with the data size)
+  c.optim.warmup_fraction = 0.0     # > 0: warm-up as this fraction of a stage's fixed steps
+  c.optim.warmup_init_lr = 0.0      # warmup, warmup_cosine: lr at step 0
+  c.optim.end_lr = 0.0              # warmup_cosine, sgdr: lowest lr of the cosine
+  c.optim.sgdr_period = 0           # sgdr: restart period in steps (must be > 0 for sgdr)
   c.optim.grad_clip = 0.0           # global-norm clip, 0 = off
   c.optim.accum_steps = 1           # gradient accumulation micro-steps
 
   # -- training loop ------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
   c.train.steps = 0                 # >0 overrides the epochs-derived step count (of every stage)
-  c.train.epochs = 0
-  c.train.log_every = 10
-  c.train.checkpoint_every = 200
-  c.train.keep_checkpoints = 2
-  c.train.async_checkpoint = True
+  c.train.epochs = 0                # one-stage methods: epochs over the training data if steps is 0
+  c.train.log_every = 10            # steps between metric lines in the log and metrics.jsonl
+  c.train.checkpoint_every = 200    # steps between checkpoints (0: only the last, always saved)
+  c.train.keep_checkpoints = 2      # checkpoints kept per stage, newest first
+  c.train.async_checkpoint = True   # save checkpoints in the background while training continues
   c.train.compute_dtype = "float32" # "bfloat16": bf16 compute, float32 params
-  c.train.progress_bar = True
+  c.train.progress_bar = True       # a live progress bar on a terminal (log lines either way)
 
   # -- evaluation ------------------------------------------------------------------
   c.eval = ml_collections.ConfigDict()
   c.eval.num_heatmaps = 4           # overlays per category (normal + defective)
   c.eval.threshold_quantile = 0.99  # decision threshold: quantile of validation normal scores
-  c.eval.plots = True
+  c.eval.plots = True               # heatmap overlays and ROC / PRO curves in the report
   c.eval.baseline = True            # per-pixel Gaussian baseline row in every report (seconds)
   c.eval.predict_dir = ""           # predict mode: folder of images to score
 
@@ -189,3 +200,173 @@ def validate(config) -> None:
     bad.append(f"config.mesh.data={data!r} must be -1 (all devices) or >= 1")
   if bad:
     raise ConfigError("; ".join(bad))
+
+
+# ----------------------------------------------------------------------------
+# keys: lookup, suggestions for mistyped ones, and what each one does
+# ----------------------------------------------------------------------------
+def _is_section(node) -> bool:
+  return isinstance(node, (dict, ml_collections.ConfigDict))
+
+
+def has_key(config, dotted: str) -> bool:
+  node = config
+  for part in dotted.split("."):
+    if not _is_section(node) or part not in node:
+      return False
+    node = node[part]
+  return True
+
+
+def flat_keys(config, prefix: str = "") -> list[tuple[str, object]]:
+  """[(dotted key, value)] of every key, sorted; an empty section is one key ({})."""
+  out = []
+  for k in sorted(config.keys()):
+    v = config[k]
+    if _is_section(v) and len(v):
+      out += flat_keys(v, f"{prefix}{k}.")
+    else:
+      out.append((f"{prefix}{k}", {} if _is_section(v) else v))
+  return out
+
+
+def closest_key(config, dotted: str) -> str | None:
+  """The key of `config` a mistyped `dotted` most likely meant, or None.
+
+  Each part that names nothing is replaced by its closest sibling (difflib)
+  in the section where the path leaves the config, so "trainz.stepz" becomes
+  "train.steps"; failing that, the key anywhere whose last name is closest to
+  the last part ("stepz" -> "train.steps").
+  """
+  import difflib
+  last = dotted.rsplit(".", 1)[-1]
+  parts, node, i = dotted.split("."), config, 0
+  while i < len(parts):
+    if not _is_section(node):  # the path goes on below a value
+      return ".".join(parts[:i])
+    if parts[i] not in node:
+      match = difflib.get_close_matches(parts[i], [str(k) for k in node], n=1)
+      if not match:
+        break
+      parts[i] = match[0]
+    node = node[parts[i]]
+    i += 1
+  else:
+    return ".".join(parts)
+  keys = [k for k, _ in flat_keys(config)]
+  near = difflib.get_close_matches(last, sorted({k.rsplit(".", 1)[-1] for k in keys}), n=1)
+  if not near:
+    return None
+  same_name = [k for k in keys if k.rsplit(".", 1)[-1] == near[0]]
+  return difflib.get_close_matches(dotted, same_name, n=1, cutoff=0.0)[0]
+
+
+def key_comments(path: str) -> dict[str, str]:
+  """{dotted key: its comment} from the source of the config file `path`.
+
+  A key's comment is the comment ending its assignment
+  (`c.input.batch_size = 8  # global batch`), else the comment lines just above
+  it, joined; the first assignment of the key that has one counts. Keys of a
+  dict literal (`c.method.loss_weights = ConfigDict({"l2": 1.0})`) share their
+  assignment's comment. Section rules (`# -- data ---`) describe no key. Names
+  bound to a section (`p = c.method.pretrain = ConfigDict()`) are followed.
+  """
+  import ast
+  import io
+  import tokenize
+  with open(path, encoding="utf-8") as f:
+    src = f.read()
+  comments: dict[int, str] = {}
+  alone: set[int] = set()  # lines holding nothing but a comment
+  for tok in tokenize.generate_tokens(io.StringIO(src).readline):
+    if tok.type == tokenize.COMMENT:
+      comments[tok.start[0]] = tok.string.lstrip("#").strip()
+      if not tok.line[:tok.start[1]].strip():
+        alone.add(tok.start[0])
+
+  def comment_of(stmt) -> str:
+    for line in range(stmt.lineno, stmt.end_lineno + 1):
+      if line in comments and line not in alone:
+        return comments[line]
+    above, line = [], stmt.lineno - 1
+    while line in alone and not comments[line].startswith("--"):
+      above.insert(0, comments[line])
+      line -= 1
+    return " ".join(t for t in above if t)
+
+  roots = {}  # name -> the dotted key it is bound to ("" = the whole config)
+
+  def key_of(node):
+    attrs = []
+    while True:
+      if isinstance(node, ast.Attribute):
+        attrs.insert(0, node.attr)
+        node = node.value
+      elif isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant) \
+          and isinstance(node.slice.value, str):
+        attrs.insert(0, node.slice.value)
+        node = node.value
+      else:
+        break
+    if not isinstance(node, ast.Name) or node.id not in roots:
+      return None
+    return ".".join(([roots[node.id]] if roots[node.id] else []) + attrs) or None
+
+  def makes_config(value) -> bool:
+    f = value.func if isinstance(value, ast.Call) else None
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+    return name in ("ConfigDict", "base_config", "get_config")
+
+  def literal_keys(value) -> list[str]:
+    if not (isinstance(value, ast.Call) and value.args):
+      return []
+    arg = value.args[0]
+    if isinstance(arg, ast.Dict):
+      return [k.value for k in arg.keys if isinstance(k, ast.Constant) and isinstance(k.value, str)]
+    if isinstance(arg, ast.Call) and isinstance(arg.func, ast.Name) and arg.func.id == "dict":
+      return [k.arg for k in arg.keywords if k.arg]
+    return []
+
+  out: dict[str, str] = {}
+  stmts = sorted((n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Assign)),
+                 key=lambda n: (n.lineno, n.col_offset))
+  for stmt in stmts:
+    keys = [k for k in map(key_of, stmt.targets) if k]
+    names = [t.id for t in stmt.targets if isinstance(t, ast.Name)]
+    bound = keys[0] if keys else key_of(stmt.value)
+    for name in names:
+      if bound is not None:
+        roots[name] = bound
+      elif makes_config(stmt.value):
+        roots[name] = ""
+      else:
+        roots.pop(name, None)
+    text = comment_of(stmt)
+    for key in keys:
+      for k in [key] + [f"{key}.{sub}" for sub in literal_keys(stmt.value)]:
+        if text and not out.get(k):
+          out[k] = text
+        out.setdefault(k, "")
+  return out
+
+
+def config_comments(config_file: str | None = None) -> dict[str, str]:
+  """{dotted key: comment} of this module's `base_config()` and of the method's
+  config file; for a shared key the comment here wins, since it defines the key."""
+  out = {k: v for k, v in key_comments(__file__).items() if v}
+  if config_file:
+    for k, v in key_comments(config_file).items():
+      if v and k not in out:
+        out[k] = v
+  return out
+
+
+def describe(config, config_file: str | None = None) -> list[str]:
+  """`key = value  # comment` for every key of `config` (sorted, dotted; see
+  `config_comments`); a key without a comment gets no `#` part."""
+  comments = config_comments(config_file)
+  lines = []
+  for key, value in flat_keys(config):
+    text = comments.get(key, "")
+    lines.append(f"{key} = {value!r}" + (f"  # {text}" if text else ""))
+  return lines

@@ -2,6 +2,7 @@ r"""maskjax command line.
 
   python -m maskjax.main --config=<method>[:variant] --workdir=DIR \
       [--mode=train|eval|predict] [--config.key=value ...]
+  python -m maskjax.main --config=<method>[:variant] [--config.key=value ...] --print_config
 
 --config takes a packaged config by name (riad, ssm, ear, aca, mala; e.g.
 riad:demo) or a config file path (configs/riad.py:demo); eval and predict
@@ -14,6 +15,10 @@ Modes:
   predict  score a folder of images (--predict_dir or --config.eval.predict_dir)
            with the model in DIR; writes heatmaps and scores.csv.
 
+--print_config prints the resolved config (every --config.* override applied),
+one `key = value  # what it does` line per key, and exits without training;
+no --workdir needed (with --workdir alone it prints the run's config.json).
+
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or set
 MASKJAX_COORDINATOR, MASKJAX_NUM_PROCESSES, MASKJAX_PROCESS_ID; on SLURM and
 Cloud TPU JAX finds them itself) and start the same command on every host.
@@ -25,6 +30,7 @@ exit with status 2.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -53,6 +59,9 @@ flags.DEFINE_bool("allow_config_change", False,
                   "resume a run although recipe keys (losses, optimiser, batch, ...) changed; "
                   "the previous config is kept as DIR/config.<n>.json and the report lists "
                   "every phase.")
+flags.DEFINE_bool("print_config", False,
+                  "print the resolved config (after every --config.* override), one "
+                  "'key = value  # what it does' line per key, and exit; needs no --workdir.")
 flags.DEFINE_string("coordinator_address", None, "multi-host: host:port of process 0.")
 flags.DEFINE_integer("num_processes", None, "multi-host: number of processes.")
 flags.DEFINE_integer("process_id", None, "multi-host: index of this process.")
@@ -78,10 +87,11 @@ def main(argv) -> None:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   from maskjax.errors import UserError
   config_path = FLAGS["config"].config_filename if FLAGS["config"].present else None
-  if not FLAGS.workdir:
-    _fail("--workdir is required")
+  if not FLAGS.workdir and not (FLAGS.print_config and config_path):
+    _fail("--workdir is required" if not FLAGS.print_config else
+          "--print_config needs --config, e.g. --config=riad:demo (or the --workdir of a run)")
   if not config_path:
-    if FLAGS.mode == "train":
+    if FLAGS.mode == "train" and not FLAGS.print_config:
       _fail("--config is required to train, e.g. --config=riad:demo")
     from maskjax import workdir as workdir_lib
     try:
@@ -96,6 +106,9 @@ def main(argv) -> None:
       _fail(f"{config_path}: {e}")
     except Exception as e:  # the config file itself failed to load
       _fail(f"cannot load config {config_path!r}: {type(e).__name__}: {e}")
+  if FLAGS.print_config:
+    _print_config(config, config_path)
+    return
   try:
     name = config.method.name
   except (AttributeError, KeyError):
@@ -117,6 +130,26 @@ def main(argv) -> None:
               output_dir=output_dir, allow_config_change=FLAGS.allow_config_change)
   except UserError as e:
     _fail(str(e))
+
+
+def _print_config(config, config_path: str) -> None:
+  """`key = value  # comment` per key; the comments are those written next to
+  the keys in config_base.py and in the config file (for a run's config.json:
+  the packaged config of its method)."""
+  from maskjax import config_base, configs
+  from maskjax.errors import UserError
+  source = config_path.partition(":")[0]
+  if not source.endswith(".py"):
+    try:
+      source = configs.resolve(str(config.method.name)).partition(":")[0]
+    except (UserError, AttributeError, KeyError):
+      source = None
+  try:
+    lines = config_base.describe(config, source)
+  except (OSError, SyntaxError, ValueError) as e:  # an unreadable source: values only
+    logging.warning("config comments unavailable: %s: %s", type(e).__name__, e)
+    lines = config_base.describe(config)
+  print("\n".join(lines))
 
 
 def _compilation_cache(path: str) -> None:
@@ -163,8 +196,7 @@ def _parse_flags(argv):
   except flags.UnrecognizedFlagError as e:
     name = getattr(e, "flagname", "") or ""
     if name.startswith("config."):
-      _fail(f"unknown config key {name[len('config.'):]!r} (--{name}); "
-            "see the config file for the keys it defines")
+      _unknown_config_key(argv, name[len("config."):])
     _fail(f"unknown flag --{name}; see --help")
   except UserError as e:  # raised by a config file's get_config (e.g. unknown variant)
     _fail(str(e))
@@ -172,10 +204,37 @@ def _parse_flags(argv):
     msg = str(e).strip().splitlines()
     _fail(msg[-1] if msg else "bad flags")
   except (AttributeError, KeyError) as e:  # unknown nested config key
-    key = str(e.args[0] if e.args else e).strip("'\"")
-    bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.") and key in a]
-    _fail(f"unknown config key {key!r} ({', '.join(bad) or 'in a --config. override'}); "
-          "see the config file for the keys it defines")
+    _unknown_config_key(argv, None, e)
+
+
+_OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
+
+
+def _unknown_config_key(argv, key, error: Exception | None = None) -> None:
+  """Fail with one line naming the --config.* override that names no key of
+  the config, the argument as given and the key it most likely meant:
+    unknown config key 'train.stepz' (--config.train.stepz=3); did you mean 'train.steps'?
+  `key`: the culprit when absl named it, else found by loading the config."""
+  from maskjax import config_base, configs
+  overrides = [(m.group(1), a) for a in argv[1:] for m in [_OVERRIDE.match(a)] if m]
+  spec = next((a[len("--config="):] for a in argv[1:] if a.startswith("--config=")), "")
+  if not spec:
+    _fail(f"{overrides[0][1] if overrides else 'a --config.* override'} needs --config, "
+          "e.g. --config=riad:demo")
+  path, sep, variant = spec.partition(":")
+  try:
+    module = configs.load_module(path)
+    config = module.get_config(variant) if sep else module.get_config()
+  except Exception as e:  # noqa: BLE001 - the config file itself fails
+    _fail(f"cannot load config {spec!r}: {type(e).__name__}: {e}")
+  for name, arg in overrides:
+    if (key is None and not config_base.has_key(config, name)) or name == key:
+      guess = config_base.closest_key(config, name)
+      hint = f"did you mean {guess!r}?" if guess else "--print_config lists every key"
+      _fail(f"unknown config key {name!r} ({arg}); {hint}")
+  if error is not None:  # no override at fault: the config file's own error
+    _fail(f"cannot load config {spec!r}: {type(error).__name__}: {error}")
+  _fail(f"unknown config key {key!r}; --print_config lists every key")
 
 
 def _quiet_libraries(record) -> bool:

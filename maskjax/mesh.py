@@ -98,8 +98,8 @@ def maybe_initialize_distributed(coordinator_address: Optional[str] = None,
 # ----------------------------------------------------------------------------
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:
   """(data, fsdp) from `config.mesh` for `num_devices` devices."""
-  fsdp = int(mesh_cfg.get("fsdp", 1))
-  data = int(mesh_cfg.get("data", -1))
+  fsdp = int(mesh_cfg.fsdp)
+  data = int(mesh_cfg.data)
   if fsdp < 1 or num_devices % fsdp:
     raise ConfigError(f"config.mesh.fsdp={fsdp} must be >= 1 and divide the number of "
                       f"devices ({num_devices})")
@@ -107,7 +107,7 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:
     data = num_devices // fsdp
   if data < 1 or data * fsdp != num_devices:
     raise ConfigError(
-        f"config.mesh.data={mesh_cfg.get('data')} x config.mesh.fsdp={fsdp} must equal the "
+        f"config.mesh.data={mesh_cfg.data} x config.mesh.fsdp={fsdp} must equal the "
         f"number of devices ({num_devices}); use data=-1 to take the remaining devices")
   return data, fsdp
 
@@ -150,7 +150,7 @@ def state_shardings(abstract_state: PyTree, mesh, mesh_cfg=None) -> PyTree:
   module docstring), with `mesh_cfg.fsdp_min_size` as the size threshold.
   """
   fsdp = int(mesh.shape["fsdp"])
-  min_size = int(mesh_cfg.get("fsdp_min_size", 2 ** 18)) if mesh_cfg is not None else 2 ** 18
+  min_size = int(mesh_cfg.fsdp_min_size) if mesh_cfg is not None else 2 ** 18
   return jax.tree.map(lambda x: NamedSharding(mesh, _array_spec(tuple(x.shape), fsdp, min_size)),
                       abstract_state)
 

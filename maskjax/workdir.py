@@ -165,14 +165,35 @@ def read_config(workdir: str) -> Optional[dict]:
     raise WorkdirError(f"{path} is not a readable config ({e}); use another --workdir") from e
 
 
+def with_schema_defaults(recorded: dict) -> dict:
+  """A recorded config with every shared key it lacks taken from `base_config()`.
+
+  A `config.json` written before a key existed lacks it; the run behaved as
+  that key's default says (the default is what the code did before), so the
+  filled-in config reads the same as the run and the code needs no fallback.
+  """
+  from maskjax.config_base import base_config
+
+  def fill(into: dict, defaults: dict) -> dict:
+    out = dict(into)
+    for k, v in defaults.items():
+      if k not in out:
+        out[k] = v
+      elif isinstance(v, dict) and isinstance(out[k], dict):
+        out[k] = fill(out[k], v)
+    return out
+  return fill(recorded, json.loads(base_config().to_json()))
+
+
 def load_run_config(workdir: str):
   """The run's recorded config (`config.json`) as a ConfigDict, for commands
-  that act on a finished run without `--config` (eval, predict, export)."""
+  that act on a finished run without `--config` (eval, predict, export); keys
+  added to the schema after the run was recorded get their defaults."""
   import ml_collections
   previous = read_config(workdir)
   if previous is None:
     raise WorkdirError(f"--workdir={workdir} holds no run (no {CONFIG_NAME}); train first")
-  return ml_collections.ConfigDict(previous)
+  return ml_collections.ConfigDict(with_schema_defaults(previous))
 
 
 def check(config, workdir: str, *, write: bool = True, allow_config_change: bool = False,
@@ -185,7 +206,8 @@ def check(config, workdir: str, *, write: bool = True, allow_config_change: bool
   previous = read_config(workdir)
   changed = False
   if previous is not None:
-    diffs = diff_configs(previous, current)
+    # a key the schema gained since the run was recorded is no change of the run
+    diffs = diff_configs(with_schema_defaults(previous), current)
     if evaluating:
       diffs["identity"] = [d for d in diffs["identity"] if not _under(d[0], DATA_KEYS)]
     if diffs["identity"]:
@@ -230,6 +252,7 @@ def config_phases(workdir: str) -> list[dict]:
       continue
     with open(path, encoding="utf-8") as f:
       cfg = json.load(f)
+    cfg = with_schema_defaults(cfg)  # a key the schema gained since is no change
     changed = {}
     if prev is not None:
       d = diff_configs(prev, cfg)

@@ -91,3 +91,21 @@ def test_config_variants_in_readme_load():
         spec.loader.exec_module(mod)
         cfg = mod.get_config(arg or None)
         assert cfg.method.name
+
+
+def test_config_keys_in_readme_and_docs_exist():
+  from maskjax import config_base, configs
+  known = set()
+  for name in configs.METHOD_CONFIGS:
+    for variant in configs.load_module(os.path.join(configs.CONFIG_DIR, f"{name}.py")).VARIANTS:
+      known.update(k for k, _ in config_base.flat_keys(configs.get_config(f"{name}:{variant}")))
+  docs = [os.path.join(ROOT, "README.md")] + [
+      os.path.join(ROOT, "docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+      if f.endswith(".md")]
+  named = set()
+  for path in docs:
+    with open(path, encoding="utf-8") as f:
+      named.update(re.findall(r"--config\.([a-z_][\w.]*[a-z0-9_])", f.read()))
+  assert named, "no --config.<key> in the docs"
+  not_keys = {"key", "train.stepz"}  # the --config.key=value placeholder, the mistyped-key example
+  assert sorted(k for k in named - not_keys if k not in known) == []

@@ -79,53 +79,53 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # -- model ------------------------------------------------------------------------
   c.model.backbone = "vit_small_patch16"     # maskjax.models.vit.VIT_CONFIGS name
-  c.model.backbone_overrides = ml_collections.ConfigDict()
+  c.model.backbone_overrides = ml_collections.ConfigDict()  # ViT arguments replaced (dim, ...)
   c.model.init_from = ""                     # converted DINO ViT checkpoint
-  c.model.head_hidden = 2048
-  c.model.head_layers = 3
-  c.model.bottleneck = 256
-  c.model.num_prototypes = 20
+  c.model.head_hidden = 2048                 # hidden width of the projection and classifier MLPs
+  c.model.head_layers = 3                    # layers of the projection and classifier MLPs
+  c.model.bottleneck = 256                   # projection output (L2-normalised) = prototype size
+  c.model.num_prototypes = 20                # K, Sinkhorn clusters of stage 1
 
   # -- method -------------------------------------------------------------------------
   c.method.name = "aca"
-  c.method.use_pretrain = True
-  c.method.test_scales = (224, 320, 384, 416, 448, 512)
+  c.method.use_pretrain = True               # False: no stage 1, fine-tune the initial backbone
+  c.method.test_scales = (224, 320, 384, 416, 448, 512)  # test input sizes; maps averaged over them
   p = c.method.pretrain = ml_collections.ConfigDict()
   p.masking = "apmask"                       # apmask | random | none
-  p.mask_ratio = 0.3
+  p.mask_ratio = 0.3                         # r: share of patch tokens dropped from student views
   p.attention_source = "teacher"             # teacher | student
-  p.global_size = 224
-  p.local_size = 96
-  p.num_global = 1
-  p.num_local = 8
-  p.global_scale = (0.4, 1.0)
-  p.local_scale = (0.05, 0.4)
-  p.temperature = 0.1
-  p.sinkhorn_eps = 0.05
-  p.sinkhorn_iters = 3
-  p.momentum = 0.996
+  p.global_size = 224                        # side of the global crops (teacher and student), px
+  p.local_size = 96                          # side of the local student crops, px
+  p.num_global = 1                           # student global crops (the teacher has its own one)
+  p.num_local = 8                            # student local crops
+  p.global_scale = (0.4, 1.0)                # area fraction range of the global crops
+  p.local_scale = (0.05, 0.4)                # area fraction range of the local crops
+  p.temperature = 0.1                        # tau of the student's softmax over prototypes
+  p.sinkhorn_eps = 0.05                      # Sinkhorn-Knopp entropy regularisation of the targets
+  p.sinkhorn_iters = 3                       # Sinkhorn-Knopp iterations
+  p.momentum = 0.996                         # EMA teacher momentum (the start of the cosine)
   p.momentum_schedule = "cosine"             # cosine | constant
-  p.epochs = 300
+  p.epochs = 300                             # stage length in epochs (when no steps are fixed)
   p.steps = 0                                # > 0: fixed step count for this stage
-  p.warmup_epochs = 10
+  p.warmup_epochs = 10                       # linear lr warmup, in epochs (stage run by epochs)
   p.warmup_fraction = 0.0                    # warmup share when steps are fixed
-  p.batch_size = 16
-  p.lr = 5e-4
+  p.batch_size = 16                          # global batch of this stage
+  p.lr = 5e-4                                # peak lr of this stage (schedule: config.optim)
   f = c.method.finetune = ml_collections.ConfigDict()
   f.synthesis = "device"                     # device | host
   f.poisson = False                          # host synthesis only
-  f.anomaly_prob = 0.5
+  f.anomaly_prob = 0.5                       # probability that an example gets a paste
   f.temperature = 0.1                        # paste-location softmax temperature
   f.jitter = 0.1                             # colour jitter of the pasted patch, factors U(1 -+ j)
   f.guide = "pretrained"                     # pretrained (frozen) | current: whose attention places pastes
-  f.lambda_det = 0.95
-  f.lambda_seg = 0.05
-  f.epochs = 100
-  f.steps = 0
-  f.warmup_epochs = 10
-  f.warmup_fraction = 0.0
-  f.batch_size = 16
-  f.lr = 5e-4
+  f.lambda_det = 0.95                        # weight of the image classification CE loss
+  f.lambda_seg = 0.05                        # weight of the Dice loss of the paste mask
+  f.epochs = 100                             # stage length in epochs (when no steps are fixed)
+  f.steps = 0                                # > 0: fixed step count for this stage
+  f.warmup_epochs = 10                       # linear lr warmup, in epochs (stage run by epochs)
+  f.warmup_fraction = 0.0                    # warmup share when steps are fixed
+  f.batch_size = 16                          # global batch of this stage
+  f.lr = 5e-4                                # peak lr of this stage (schedule: config.optim)
 
   # -- optimiser (both stages; lr per stage) --------------------------------------------
   c.optim.name = "adamw"
@@ -142,8 +142,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.batch_size = 32
     c.input.eval_batch_size = 32
     c.model.backbone = "vit_tiny_patch8"
-    c.model.backbone_overrides.dim = 96
-    c.model.backbone_overrides.heads = 3
+    c.model.backbone_overrides.dim = 96      # ViT width (vit_tiny_patch8 has 192)
+    c.model.backbone_overrides.heads = 3     # attention heads
     c.model.head_hidden = 256
     c.model.bottleneck = 64
     c.method.test_scales = (64, 96, 128)

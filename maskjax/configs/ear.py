@@ -35,9 +35,9 @@ LAMP(L2 + SSIM + MSGMS(3 scales)), lr in {1e-3, 1e-4, 1e-5} with fixed, warm-up
 or SGDR schedules (Table 2, `configs/sweeps/ear_grid.py`). Not given, our
 choices [decision]: Adam, lr 1e-4 fixed, batch 8, 300 epochs (as RIAD, which
 the paper follows), U-Net widths 64-512 (RIAD's), loss weights 1/3 each (LAMP
-needs the combined loss below 1). Steps = train.steps when > 0, else
-train.epochs x method.steps_per_epoch (30 = ceil(~240 MVTec training
-normals / batch 8); set it to ceil(N / batch) for your data).
+needs the combined loss below 1). The loop converts epochs to steps with the
+data size (train.epochs x ceil(training images / batch)); --config.train.steps=N
+gives the steps directly.
 """
 from __future__ import annotations
 
@@ -62,9 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.saliency_arch = "vit_small_patch8"    # DINO ViT-S/8
   c.model.saliency_init_from = ""               # converted DINO checkpoint (Orbax dir)
   c.model.saliency_overrides = ml_collections.ConfigDict()  # e.g. depth/dim for tiny ViTs
-  c.model.unet_widths = (64, 128, 256, 512, 512)
+  c.model.unet_widths = (64, 128, 256, 512, 512)  # recovery U-Net levels (RIAD's widths)
   c.model.kernel_size = 3                       # Table 2: 3 or 5
-  c.model.negative_slope = 0.01
+  c.model.negative_slope = 0.01                 # LeakyReLU slope of the U-Net blocks
 
   # -- method ---------------------------------------------------------------
   c.method.name = "ear"
@@ -77,12 +77,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method.mosaic_fallback = 8                  # categories not in Table 1 nor mosaic.json
   c.method.mosaic_table = True                  # look category names up in Table 1 (MVTec AD)
   c.method.mosaic_file = ""                     # fit_mosaic's mosaic.json ("" = none)
-  c.method.msgms_scales = 3
+  c.method.msgms_scales = 3                     # MSGMS pyramid levels (loss and score map)
+  # LAMP(l2 * L2 + ssim * (1 - SSIM) + msgms * MSGMS); sum kept below 1 for LAMP
   c.method.loss_weights = ml_collections.ConfigDict({"l2": 1 / 3, "ssim": 1 / 3, "msgms": 1 / 3})
-  c.method.lamp = True
+  c.method.lamp = True                          # loss -log(1 - L) (LAMP); False: the plain sum L
   c.method.spectral_work_size = 64              # spectral-residual saliency only
-  c.method.spectral_blur_sigma = 2.5
-  c.method.steps_per_epoch = 30                 # used only when train.steps == 0
+  c.method.spectral_blur_sigma = 2.5            # spectral residual: Gaussian blur sigma (work px)
   # fit_mosaic: training normals per category used for r10 (0 = all)
   c.method.fit_max_images = 64
   c.method.fit_from = ""                        # a mosaic.json whose fit predicts new categories

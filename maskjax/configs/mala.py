@@ -84,45 +84,45 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.encoder = "vit_large_patch16"   # maskjax.models.vit.VIT_CONFIGS name
   # Replace any ViT constructor argument (dim, depth, heads, ...), e.g. for reduced widths.
   c.model.encoder_overrides = ml_collections.ConfigDict()
-  c.model.decoder_dim = 512
-  c.model.decoder_depth = 8
-  c.model.decoder_heads = 16
+  c.model.decoder_dim = 512               # MAE decoder width (stage 2 keeps the decoder)
+  c.model.decoder_depth = 8               # MAE decoder blocks
+  c.model.decoder_heads = 16              # MAE decoder attention heads
   c.model.plpm_width = 64                 # PLPM conv widths: w, 2w, 4w, 8w
-  c.model.plpm_layers = 4
+  c.model.plpm_layers = 4                 # PLPM discriminator conv blocks
   c.model.init_from = ""                  # converted MAE checkpoint (encoder [+ decoder])
 
   # -- method ---------------------------------------------------------------------
   c.method.name = "mala"
-  c.method.mask_ratio = 0.75
+  c.method.mask_ratio = 0.75              # stage 1: share of patch tokens the MAE does not see
   # stage 1: a1 * L1 + a2 * (1 - SSIM) + a3 * pseudo-label term (paper eq. 3)
-  c.method.a1 = 1.0
-  c.method.a2 = 1.0
-  c.method.a3 = 0.1
+  c.method.a1 = 1.0                       # weight of L1(recon, x)
+  c.method.a2 = 1.0                       # weight of 1 - SSIM(recon, x)
+  c.method.a3 = 0.1                       # weight of the PLPM pseudo-label term
   # stage 2: b1 * L1(mask, p_anomaly) + b2 * focal (paper eq. 6)
-  c.method.b1 = 1.0
-  c.method.b2 = 1.0
-  c.method.focal_gamma = 2.0
+  c.method.b1 = 1.0                       # weight of L1(mask, p_anomaly)
+  c.method.b2 = 1.0                       # weight of the focal loss
+  c.method.focal_gamma = 2.0              # focal loss gamma (DRAEM)
   c.method.score_kernel = 21              # image score = max(avgpool_k(map[0])), odd k
   # ablation switches
-  c.method.use_stage1 = True
-  c.method.use_plpm = True
-  c.method.use_tbm = True
+  c.method.use_stage1 = True              # False: no MAE stage, stage 2 from init_from / random
+  c.method.use_plpm = True                # False: no PLPM discriminator (no pseudo-label term)
+  c.method.use_tbm = True                 # False: maps from the decoder tokens alone (no TBM)
   c.method.scoring = "end_to_end"         # end_to_end | reconstruction (stage-1 model)
   c.method.recon_passes = 4               # reconstruction scoring: disjoint mask passes
   # per-stage schedules: steps = epochs * samples_per_category * num_categories / batch,
   # unless config.train.steps > 0 (then every stage runs that many steps)
   c.method.stage1 = ml_collections.ConfigDict()
-  c.method.stage1.epochs = 2000
-  c.method.stage1.samples_per_category = 200
-  c.method.stage1.batch_size = 128
+  c.method.stage1.epochs = 2000           # balanced epochs of samples_per_category per category
+  c.method.stage1.samples_per_category = 200  # training images drawn per category each epoch
+  c.method.stage1.batch_size = 128        # global batch of stage 1
   c.method.stage1.lr = 0.0                # 0 = 1e-3 * batch_size / 256 (paper)
-  c.method.stage1.base_lr = 1e-3
+  c.method.stage1.base_lr = 1e-3          # lr per 256 images of batch, when lr is 0
   c.method.stage2 = ml_collections.ConfigDict()
-  c.method.stage2.epochs = 700
-  c.method.stage2.samples_per_category = 80
-  c.method.stage2.batch_size = 32
+  c.method.stage2.epochs = 700            # balanced epochs of samples_per_category per category
+  c.method.stage2.samples_per_category = 80  # training images drawn per category each epoch
+  c.method.stage2.batch_size = 32         # global batch of stage 2
   c.method.stage2.lr = 0.0                # 0 = base_lr * batch_size / 256, fixed
-  c.method.stage2.base_lr = 1e-3
+  c.method.stage2.base_lr = 1e-3          # lr per 256 images of batch, when lr is 0
   c.method.stage2.anomaly_prob = 0.8      # 64 of 80 samples per category anomalous
   c.method.stage2.local_prob = 0.5        # of anomalies: restricted to the foreground
   c.method.disc_lr = 0.0                  # PLPM lr; 0 = the stage-1 lr
@@ -145,14 +145,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "visa" in variants:
     c.input.categories = ("visa/*",)
   if "per_category" in variants:
-    c.method.per_category = True
+    c.method.per_category = True    # True: one model per category (a run selects exactly one)
   else:
-    c.method.per_category = False
+    c.method.per_category = False   # True: one model per category (a run selects exactly one)
 
   if "reduced" in variants:
-    c.model.encoder_overrides.dim = 64
-    c.model.encoder_overrides.depth = 4
-    c.model.encoder_overrides.heads = 4
+    c.model.encoder_overrides.dim = 64      # ViT width
+    c.model.encoder_overrides.depth = 4     # ViT blocks
+    c.model.encoder_overrides.heads = 4     # ViT attention heads
     c.model.decoder_dim = 32
     c.model.decoder_depth = 2
     c.model.decoder_heads = 4

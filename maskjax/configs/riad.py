@@ -17,10 +17,9 @@ Variants (`--config=configs/riad.py:VARIANT`): "full" (default), "demo".
 
 Settings: 256 px, widths 64-512, k in {2, 4, 8, 16}, 3 disjoint masks per k,
 Adam lr 1e-4 with (PyTorch-style, coupled) weight decay 1e-5, batch 8, 300
-epochs. Steps = train.steps when > 0, else train.epochs x
-method.steps_per_epoch; steps_per_epoch = 30 is ceil(~240 training normals of
-a typical MVTec AD category / batch 8). Set it to ceil(N / batch) for your
-data, or give --config.train.steps directly.
+epochs. The loop converts epochs to steps with the data size (train.epochs x
+ceil(training images / batch)); --config.train.steps=N gives the steps
+directly.
 """
 from __future__ import annotations
 
@@ -49,12 +48,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method.name = "riad"
   c.method.ks = (2, 4, 8, 16)                # grid cell sizes (pixels)
   c.method.num_masks = 3                     # disjoint masks per k
+  # loss = l2 * L2 + ssim * (1 - SSIM) + msgms * MSGMS, on [0, 1] images
   c.method.loss_weights = ml_collections.ConfigDict({"l2": 1.0, "ssim": 1.0, "msgms": 1.0})
   c.method.msgms_variant = "riad"            # "riad" (taikiinoue45) | "gray_median" (plutoyuxie)
-  c.method.msgms_scales = 4
+  c.method.msgms_scales = 4                  # MSGMS pyramid levels, in the loss and the score map
   c.method.score_filter = 21                 # box filter size on the summed MSGMS map
   c.method.score_seed = 0                    # key of the fixed test-time masks
-  c.method.steps_per_epoch = 30              # used only when train.steps == 0
 
   # -- optimiser ----------------------------------------------------------------
   c.optim.name = "adam"

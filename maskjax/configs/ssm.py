@@ -38,11 +38,10 @@ Variants (`--config=configs/ssm.py:VARIANT`, comma-separated to combine):
 
 Settings: 256 px, widths 64-512, train k in {4, 8, 16} (REFERENCE: for 256 px
 images), test k in {4, 8, 16}, loss weights 1, Adam lr 1e-4 with coupled weight
-decay 1e-5, lr halved every 50 epochs, batch 8, 300 epochs. Steps =
-train.steps when > 0, else train.epochs x method.steps_per_epoch;
-steps_per_epoch = 30 is ceil(~240 training normals of a typical MVTec AD
-category / batch 8) and also sets the lr decay period (50 epochs). Adjust both
-for other data, or give --config.train.steps and --config.optim.decay_every.
+decay 1e-5, lr halved every 50 epochs, batch 8, 300 epochs. The loop converts
+epochs to steps with the data size (steps per epoch = ceil(training images /
+batch), also for the 50-epoch lr period); --config.train.steps=N gives the
+steps directly (the lr period stays 50 epochs of the data).
 eta is the maximum error of the validation split of training normals
 (`input.val_fraction`), computed after training and saved with the run.
 """
@@ -66,14 +65,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.val_fraction = 0.1
 
   # -- model ----------------------------------------------------------------
-  c.model.widths = (64, 128, 256, 512, 512)
+  c.model.widths = (64, 128, 256, 512, 512)  # U-Net encoder levels; decoder mirrors them
   c.model.use_mam = True                     # mask attention modules (paper eq. 2)
-  c.model.upsample = "nearest"
+  c.model.upsample = "nearest"               # decoder: "nearest" (x2 + conv 3x3) | "transpose"
 
   # -- method ---------------------------------------------------------------
   c.method.name = "ssm"
   c.method.train_ks = (4, 8, 16)             # per-image cell size in training
   c.method.ks = (4, 8, 16)                   # test-time scales (ensemble)
+  # loss = mse * MSE + gms * (1 - GMS) + ssim * (1 - SSIM) + mask * mask MSE (eq. 11)
   c.method.loss_weights = ml_collections.ConfigDict(
       {"mse": 1.0, "gms": 1.0, "ssim": 1.0, "mask": 1.0})
   c.method.input_range = "half"              # "half" (mean=std=0.5) | "unit" ([0,1], official code)
@@ -85,16 +85,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method.eta_statistic = "patch"           # max of k x k patch means of S^0 | "pixel"
   c.method.eta_per_scale = True              # one eta per k (False: max over k for all)
   c.method.eta_mode = "per_category"         # "per_category" | "global"
-  c.method.eta_scale = 1.0
-  c.method.score_seed = 0
-  c.method.steps_per_epoch = 30              # used only when train.steps == 0
+  c.method.eta_scale = 1.0                   # eta used = calibrated eta x this (1 = the paper)
+  c.method.score_seed = 0                    # key of the fixed test-time masks (no_refine baseline)
 
   # -- optimiser ----------------------------------------------------------------
   c.optim.name = "adam"
   c.optim.lr = 1e-4
   c.optim.weight_decay = 1e-5
   c.optim.schedule = "step"
-  c.optim.decay_every = 50 * c.method.steps_per_epoch
+  c.optim.decay_every_epochs = 50            # lr halved every 50 epochs (converted by the loop)
   c.optim.decay_factor = 0.5
 
   # -- training ---------------------------------------------------------------------

@@ -48,9 +48,11 @@ def main(argv=None) -> int:
     from maskjax.data import archives
     fmt = ("archive" if archives.is_archive(args.root) else
            "visa" if sources._is_visa(args.root) else "mvtec")
-  cfg = {"format": fmt, "data_dir": args.root, "categories": tuple(args.categories.split(",")),
-         "normal_dir": args.normal_dir, "abnormal_dir": args.abnormal_dir, "mask_dir": args.mask_dir,
-         "mask_values": args.mask_values}
+  from maskjax.config_base import base_config
+  cfg = base_config().input  # every input key, the training defaults where no flag sets one
+  cfg.update({"format": fmt, "data_dir": args.root, "categories": tuple(args.categories.split(",")),
+              "normal_dir": args.normal_dir, "abnormal_dir": args.abnormal_dir,
+              "mask_dir": args.mask_dir, "mask_values": args.mask_values})
   try:
     problems = check(cfg)
   except UserError as e:

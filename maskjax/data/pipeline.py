@@ -39,13 +39,6 @@ from maskjax.errors import ConfigError
 HostTransform = Callable[[dict, np.random.Generator], dict]
 
 
-def _get(cfg, key, default):
-  try:
-    return cfg.get(key, default)
-  except AttributeError:
-    return getattr(cfg, key, default)
-
-
 @dataclasses.dataclass(frozen=True)
 class DecodeExample:
   """Picklable record -> example dict (see the module docstring)."""
@@ -61,7 +54,7 @@ class DecodeExample:
 
 
 def _decoder(input_cfg) -> DecodeExample:
-  return DecodeExample(int(input_cfg.image_size), bool(_get(input_cfg, "convert_unusual_images", False)))
+  return DecodeExample(int(input_cfg.image_size), bool(input_cfg.convert_unusual_images))
 
 
 def _local_batch(global_batch_size: int, process_count: int) -> int:
@@ -72,12 +65,12 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
 
 
 def _read_options(input_cfg) -> grain.ReadOptions:
-  return grain.ReadOptions(num_threads=max(1, int(_get(input_cfg, "decode_threads", 4))),
-                           prefetch_buffer_size=max(1, 4 * int(_get(input_cfg, "prefetch", 2))))
+  return grain.ReadOptions(num_threads=max(1, int(input_cfg.decode_threads)),
+                           prefetch_buffer_size=max(1, 4 * int(input_cfg.prefetch)))
 
 
 def _maybe_mp(ds: grain.IterDataset, input_cfg) -> grain.IterDataset:
-  workers = int(_get(input_cfg, "num_workers", 0))
+  workers = int(input_cfg.num_workers)
   if workers > 0:
     from absl import flags
     if not flags.FLAGS.is_parsed():
@@ -85,7 +78,7 @@ def _maybe_mp(ds: grain.IterDataset, input_cfg) -> grain.IterDataset:
       # notebooks, benchmarks) use their defaults.
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=workers, per_worker_buffer_size=max(1, int(_get(input_cfg, "prefetch", 2)))))
+        num_workers=workers, per_worker_buffer_size=max(1, int(input_cfg.prefetch))))
   return ds
 
 

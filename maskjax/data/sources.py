@@ -53,7 +53,7 @@ import errno
 import fnmatch
 import os
 import zlib
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 from absl import logging
@@ -88,17 +88,6 @@ class _Raw(NamedTuple):
   category: str
   defect: str
   split: str   # "train" | "test"
-
-
-def _get(cfg: Any, key: str, default: Any) -> Any:
-  if cfg is None:
-    return default
-  if isinstance(cfg, dict):
-    return cfg.get(key, default)
-  try:
-    return cfg.get(key, default)
-  except (AttributeError, KeyError):
-    return getattr(cfg, key, default)
 
 
 def _is_hidden(name: str) -> bool:
@@ -204,24 +193,23 @@ def _detect_root(d: str) -> tuple[str, str]:
 
 
 def _resolve_root(input_cfg) -> tuple[str, str]:
-  fmt = _get(input_cfg, "format", "mvtec")
+  fmt = input_cfg.format
   if fmt not in FORMATS:
     raise ConfigError(f"config.input.format={fmt!r} is not one of {FORMATS}")
-  data_dir = _get(input_cfg, "data_dir", "")
+  data_dir = input_cfg.data_dir
   if not data_dir:
     if fmt not in ("mvtec", "multi"):
       raise ConfigError(f"config.input.data_dir is empty (the demo data) but "
                         f"config.input.format={fmt!r}; the demo data is in MVTec layout")
     from maskjax.data import demo
-    return "mvtec", demo.demo_root(_get(input_cfg, "cache_dir", ""),
-                                   _get(input_cfg, "demo_source", "photos"))
+    return "mvtec", demo.demo_root(input_cfg.cache_dir, input_cfg.demo_source)
   data_dir = os.path.expanduser(data_dir)
   if fmt == "archive":
     from maskjax.data import archives
     if not archives.is_archive(data_dir):
       raise DataError(f"{data_dir}: config.input.format='archive' needs a file ending in "
                       f"{', '.join(archives.ARCHIVE_SUFFIXES)}")
-    return _detect_root(archives.extract(data_dir, _get(input_cfg, "cache_dir", "")))
+    return _detect_root(archives.extract(data_dir, input_cfg.cache_dir))
   if fmt != "folder" and not os.path.isdir(data_dir):
     raise DataError(f"{data_dir}: config.input.data_dir does not exist or is not a directory")
   return fmt, data_dir
@@ -235,7 +223,7 @@ def list_categories(input_cfg) -> dict[str, _Cat]:
   if fmt == "visa":
     return _visa_categories(root)
   if fmt == "folder":
-    name = _get(input_cfg, "folder_category", "") or (
+    name = input_cfg.folder_category or (
         os.path.basename(os.path.normpath(root)) if root else "folder")
     return {name: _Cat("folder", root, name)}
   if fmt == "multi":
@@ -339,7 +327,7 @@ def _scan_visa(cat: _Cat, name: str, problems: list[Problem], cache: dict) -> li
 
 def _scan_folder(input_cfg, cat: _Cat, name: str, seed: int, problems: list[Problem]) -> list[_Raw]:
   def rel(key):
-    v = _get(input_cfg, key, "")
+    v = getattr(input_cfg, key)
     if v and not os.path.isabs(v) and cat.root:
       v = os.path.join(cat.root, v)
     return os.path.expanduser(v) if v else ""
@@ -354,7 +342,7 @@ def _scan_folder(input_cfg, cat: _Cat, name: str, seed: int, problems: list[Prob
     out += [_Raw(p, None, 0, name, "good", "train") for p in normals]
     out += [_Raw(p, None, 0, name, "good", "test") for p in _files(test_normal_dir, problems)]
   else:
-    frac = float(_get(input_cfg, "folder_test_normal_fraction", 0.2))
+    frac = float(input_cfg.folder_test_normal_fraction)
     rng = np.random.default_rng([seed, zlib.crc32(name.encode()), 1])
     n_test = int(round(frac * len(normals)))
     test_idx = set(rng.permutation(len(normals))[:n_test].tolist())
@@ -426,8 +414,8 @@ def _check_files(raws: list[_Raw], full: bool, problems_by_path: dict[str, list[
 def _scan_tfds(input_cfg, patterns) -> tuple[list[str], list[_Raw]]:
   import tensorflow_datasets as tfds
   from maskjax.data import tfds_builders  # noqa: F401
-  data_dir = os.path.expanduser(_get(input_cfg, "data_dir", ""))
-  name = _get(input_cfg, "tfds_name", "maskjax_mvtec")
+  data_dir = os.path.expanduser(input_cfg.data_dir)
+  name = input_cfg.tfds_name
   raws = []
   for split in ("train", "test"):
     try:
@@ -458,14 +446,14 @@ def scan(input_cfg, seed: int = 0, *, full: bool = False, check_files: bool = Tr
   Does not raise for file problems (the caller decides); raises ConfigError /
   DataError for a wrong config or an unreadable dataset root.
   """
-  patterns = _get(input_cfg, "categories", ("*",))
+  patterns = input_cfg.categories
   problems: list[Problem] = []
   avail: dict[str, _Cat] = {}
-  if _get(input_cfg, "format", "mvtec") == "tfds":
+  if input_cfg.format == "tfds":
     cats, raws = _scan_tfds(input_cfg, patterns)
   else:
     avail = list_categories(input_cfg)
-    where = _get(input_cfg, "data_dir", "") or "the demo data"
+    where = input_cfg.data_dir or "the demo data"
     cats = select_categories(patterns, sorted(avail), where)
     raws, visa_cache = [], {}
     for name in cats:
@@ -490,7 +478,7 @@ MASK_VALUES = ("auto", "binary", "labels")
 
 def _binary_masks(input_cfg, cats: list[str], avail: dict[str, _Cat]) -> dict[str, bool]:
   """Per category: must its masks be binary (`config.input.mask_values`)?"""
-  mode = _get(input_cfg, "mask_values", "auto")
+  mode = input_cfg.mask_values
   if mode not in MASK_VALUES:
     raise ConfigError(f"config.input.mask_values={mode!r} is not one of {', '.join(MASK_VALUES)}")
   if mode != "auto":
@@ -510,11 +498,11 @@ def _raise_problems(problems: list[Problem], where: str) -> None:
 def load_splits(input_cfg, seed: int) -> Splits:
   """Read the configured dataset into train / val / test `Record`s (see module doc)."""
   cats, raws, problems = scan(input_cfg, seed)
-  if _get(input_cfg, "convert_unusual_images", False):
+  if input_cfg.convert_unusual_images:
     problems = [p for p in problems if p.kind not in images.UNUSUAL_KINDS]
-  where = _get(input_cfg, "data_dir", "") or "(demo data)"
+  where = input_cfg.data_dir or "(demo data)"
   if problems:
-    if not _get(input_cfg, "skip_bad_files", False):
+    if not input_cfg.skip_bad_files:
       _raise_problems(problems, where)
     bad = {p.path for p in problems}
     before = len(raws)
@@ -527,7 +515,7 @@ def load_splits(input_cfg, seed: int) -> Splits:
                     before - len(raws), before, where, len(problems),
                     ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
   cat_id = {c: i for i, c in enumerate(cats)}
-  val_fraction = float(_get(input_cfg, "val_fraction", 0.1))
+  val_fraction = float(input_cfg.val_fraction)
   if not 0.0 <= val_fraction < 1.0:
     raise ConfigError(f"config.input.val_fraction={val_fraction} must be in [0, 1)")
   train, val, test = [], [], []

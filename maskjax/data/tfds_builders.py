@@ -67,9 +67,11 @@ class _Base(tfds.core.GeneratorBasedBuilder):
             "test": self._generate_examples(str(dl_manager.manual_dir), "test")}
 
   def _generate_examples(self, manual_dir: str, split: str):
+    from maskjax.config_base import base_config
     from maskjax.data import sources
-    cfg = {"format": self._FORMAT, "data_dir": manual_dir, "categories": ("*",),
-           "val_fraction": 0.0}
+    cfg = base_config().input
+    cfg.update({"format": self._FORMAT, "data_dir": manual_dir, "categories": ("*",),
+                "val_fraction": 0.0})
     splits = sources.load_splits(cfg, 0)
     for r in (splits.train if split == "train" else splits.test):
       with open(r.path, "rb") as f:

@@ -1,0 +1,70 @@
+"""The config schema: mistyped-key suggestions, the comments `--print_config`
+shows, and recorded configs that predate a key."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+from maskjax import config_base, configs
+from maskjax import workdir as workdir_lib
+
+
+def test_closest_key():
+  c = configs.get_config("riad:demo")
+  assert config_base.has_key(c, "train.steps") and not config_base.has_key(c, "train.stepz")
+  assert not config_base.has_key(c, "seed.x")
+  assert config_base.closest_key(c, "train.stepz") == "train.steps"
+  assert config_base.closest_key(c, "trainz.stepz") == "train.steps"
+  assert config_base.closest_key(c, "batch_size") == "input.batch_size"   # section left out
+  assert config_base.closest_key(c, "method.loss_weights.ssimm") == "method.loss_weights.ssim"
+  assert config_base.closest_key(c, "seed.x") == "seed"
+  assert config_base.closest_key(c, "train.qqqqqq") is None
+
+
+def test_key_comments_follow_assignments_aliases_and_literals(tmp_path):
+  p = tmp_path / "cfg.py"
+  p.write_text(textwrap.dedent('''
+      import ml_collections
+      from maskjax import config_base
+
+      def get_config(arg=None):
+        c = config_base.base_config()
+        # -- model ---------------------------------------------------------
+        c.model.width = 8            # channels of the first level
+        # how the map is scored,
+        # over two lines
+        c.method.score = "max"
+        c.method.bare = 1
+
+        c.method.bare = 2            # the second assignment carries it
+        p = c.method.stage = ml_collections.ConfigDict()
+        p.lr = 0.1                   # lr of the stage
+        c.method.weights = ml_collections.ConfigDict({"a": 1.0, "b": 2.0})  # loss weights
+        if arg == "demo":
+          c.model.width = 4          # a variant's own note is not the key's
+        return c
+  '''))
+  got = config_base.key_comments(str(p))
+  assert got["model.width"] == "channels of the first level"
+  assert got["method.score"] == "how the map is scored, over two lines"
+  assert got["method.bare"] == "the second assignment carries it"
+  assert got["method.stage.lr"] == "lr of the stage"
+  assert got["method.weights.a"] == got["method.weights.b"] == "loss weights"
+  assert "-- model" not in " ".join(got.values())
+  lines = config_base.describe(configs.load_module(str(p)).get_config(), str(p))
+  assert "model.width = 8  # channels of the first level" in lines
+  assert "input.batch_size = 8  # global training batch (all devices and hosts together)" in lines
+
+
+def test_a_recorded_config_without_a_newer_key_is_the_same_run(tmp_path):
+  config = configs.get_config("riad:demo")
+  old = json.loads(config.to_json())
+  del old["input"]["decode_threads"], old["optim"]["momentum"]  # written before they existed
+  text = json.dumps(old)
+  (tmp_path / "config.json").write_text(text)
+  loaded = workdir_lib.load_run_config(str(tmp_path))
+  assert loaded.input.decode_threads == 4 and loaded.optim.momentum == 0.9
+  workdir_lib.check(config, str(tmp_path))  # no recipe change to refuse
+  assert (tmp_path / "config.json").read_text() == text  # nor a new phase
+  assert not (tmp_path / "config.1.json").exists()
+  assert workdir_lib.config_phases(str(tmp_path)) == [{"file": "config.json", "changed": {}}]
