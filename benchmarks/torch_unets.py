@@ -3,7 +3,7 @@ with the same module tree as the Flax NNX models so that `copy_from_maskjax`
 moves every weight by name (conv kernels HWIO -> OIHW, transposed-conv kernels
 flipped to PyTorch's (in, out, kh, kw), BatchNorm scale/bias/mean/var).
 
-Written from maskjax/models/unet.py and ear_unet.py (same shapes, paddings,
+Written from maskjax/models/unet.py and maskjax/methods/ear/unet.py (same shapes, paddings,
 BatchNorm eps 1e-5 / momentum 0.1, nearest resizes with half-pixel centres =
 PyTorch "nearest-exact"). Used by the benchmarks only; torch is a dev/bench
 dependency.

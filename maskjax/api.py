@@ -39,8 +39,8 @@ class Run:
 
 def fit(config, workdir: str, *, allow_config_change: bool = False) -> Run:
   """Train every stage (resuming a run in `workdir`), then evaluate."""
-  from maskjax import train
-  res = train.run(config, workdir, mode="train", allow_config_change=allow_config_change)
+  from maskjax import runner
+  res = runner.run(config, workdir, mode="train", allow_config_change=allow_config_change)
   return Run(workdir=os.path.abspath(workdir), metrics=res.get("mean", {}),
              per_category=res.get("per_category", {}), report=res.get("report_md"),
              results_json=res.get("report_json"))
@@ -69,10 +69,11 @@ class Detector:
 
   @classmethod
   def load(cls, workdir: str, config=None) -> "Detector":
+    from maskjax import data_info
+    from maskjax import evaluate as evaluate_lib
     from maskjax import mesh as mesh_lib
     from maskjax import train
     from maskjax import workdir as workdir_lib
-    from maskjax import data_info
     from maskjax.methods import build_method
     workdir = os.path.abspath(workdir)
     config = config if config is not None else workdir_lib.load_run_config(workdir)
@@ -80,8 +81,8 @@ class Detector:
     method.workdir = workdir
     mesh = mesh_lib.make_mesh(config.mesh)
     state = train.restore_final_state(config, workdir, method, mesh)
-    calibration, stats = train.load_calibration(workdir)
-    return cls(config, workdir, method, state, mesh, train._calibration_args(calibration), stats)
+    calibration, stats = evaluate_lib.load_calibration(workdir)
+    return cls(config, workdir, method, state, mesh, evaluate_lib.calibration_args(calibration), stats)
 
   @staticmethod
   def load_exported(out_dir: str):
@@ -141,7 +142,7 @@ class Detector:
   def evaluate(self, data_dir: Optional[str] = None, output_dir: Optional[str] = None) -> dict:
     """Metrics on the test split of the run's dataset, or of `data_dir` (same
     layout and categories); the report goes to `output_dir` (default DIR/eval)."""
-    from maskjax import train
+    from maskjax import runner
     config = self.config
     if data_dir is not None:
       config = config.copy_and_resolve_references()
@@ -149,7 +150,7 @@ class Detector:
       if output_dir is None:  # keep the run's own report
         name = os.path.basename(os.path.normpath(data_dir)) or "data"
         output_dir = os.path.join(self.workdir, f"eval_{name}")
-    return train.run(config, self.workdir, mode="eval", output_dir=output_dir)
+    return runner.run(config, self.workdir, mode="eval", output_dir=output_dir)
 
 
 def export_detector(workdir: str, out_dir: str, platforms=("cpu", "cuda")) -> dict:

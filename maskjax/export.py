@@ -93,6 +93,7 @@ def export_run(workdir: str, out_dir: str, *, config=None,
   from jax import export as jax_export
 
   from maskjax import mesh as mesh_lib
+  from maskjax import evaluate as evaluate_lib
   from maskjax import train
   from maskjax import workdir as workdir_lib
   from maskjax import data_info
@@ -104,8 +105,8 @@ def export_run(workdir: str, out_dir: str, *, config=None,
   method.workdir = workdir
   mesh = mesh_lib.make_mesh(config.mesh)
   state = train.restore_final_state(config, workdir, method, mesh)
-  calibration, stats = train.load_calibration(workdir)
-  calibration = train._calibration_args(calibration)
+  calibration, stats = evaluate_lib.load_calibration(workdir)
+  calibration = evaluate_lib.calibration_args(calibration)
   categories = list(stats.get("categories") or config.input.categories)
   weights, treedef, key_leaves = _flatten_state(state)
   serve = serving_function(method, treedef, key_leaves, calibration, stats, categories)

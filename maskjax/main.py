@@ -125,8 +125,8 @@ def main(argv) -> None:
     from maskjax import mesh
     mesh.maybe_initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                       FLAGS.process_id)
-    from maskjax import train
-    train.run(config, FLAGS.workdir, mode=FLAGS.mode, predict_dir=FLAGS.predict_dir,
+    from maskjax import runner
+    runner.run(config, FLAGS.workdir, mode=FLAGS.mode, predict_dir=FLAGS.predict_dir,
               output_dir=output_dir, allow_config_change=FLAGS.allow_config_change)
   except UserError as e:
     _fail(str(e))

@@ -260,3 +260,13 @@ def config_phases(workdir: str) -> list[dict]:
     phases.append({"file": name, "changed": changed})
     prev = cfg
   return phases
+
+
+def check_for_mode(config, workdir: str, *, write: bool = True,
+                   allow_config_change: bool = False, mode: str = "train") -> None:
+  """`check` as the modes use it: process 0 records `config.json` when training;
+  eval and predict compare without resuming."""
+  import jax
+  check(config, workdir, write=write and jax.process_index() == 0,
+        allow_config_change=allow_config_change,
+        command="resume" if mode == "train" else mode, evaluating=mode != "train")

@@ -9,7 +9,7 @@ is exercised), optional gradient accumulation, and an optional second stage
 `config.method.nan_at_step = k` makes the term "loss/reg" NaN at loop step k
 (1-based: the k-th optimisation step).
 
-`ToyData` implements the loop's data contract (`maskjax.train.DataAPI`):
+`ToyData` implements the loop's data contract (`maskjax.data_access.DataAPI`):
 images are generated from their index (uniform [0, 1]; anomalous test images
 carry a bright 3x3 square and its mask), batched with grain so the iterator
 state is checkpointable, and each process takes its rows of every global batch.
@@ -135,7 +135,7 @@ def _image(index: int, size: int, anomalous: bool):
 
 
 class ToyData:
-  """Deterministic in-memory data; same interface as `maskjax.train.DataAPI`."""
+  """Deterministic in-memory data; same interface as `maskjax.data_access.DataAPI`."""
 
   def __init__(self, num_train: int = 48, num_val: int = 8, num_test: int = 16):
     self.sizes = (num_train, num_val, num_test)
@@ -237,7 +237,7 @@ def worker_main(argv=None) -> None:
 
   from maskjax import mesh as mesh_lib
   mesh_lib.maybe_initialize_distributed()   # MASKJAX_* environment
-  from maskjax import train
+  from maskjax import runner
   if args.method == "toy":
     cfg = toy_config(**{"train.steps": args.steps, "train.checkpoint_every":
                         args.checkpoint_every, "input.batch_size": args.batch_size,
@@ -270,7 +270,7 @@ def worker_main(argv=None) -> None:
   from maskjax.main import _fail, _quiet_libraries  # the CLI's one-line error, its log filter
   logging_std.getLogger("absl").addFilter(_quiet_libraries)
   try:
-    res = train.run(cfg, args.workdir, mode=args.mode, data=data,
+    res = runner.run(cfg, args.workdir, mode=args.mode, data=data,
                     evaluate_after_train=args.evaluate, output_dir=args.output_dir,
                     predict_dir=args.predict_dir,
                     allow_config_change=args.allow_config_change)

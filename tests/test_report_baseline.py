@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import os
 
-from maskjax import report
+from maskjax import sweep_report as report
 
 
 def _result(root, label, seed, per_cat, base, size=64):

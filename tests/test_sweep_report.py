@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from maskjax import report, sweep
+from maskjax import sweep, sweep_report as report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

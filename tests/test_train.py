@@ -15,13 +15,13 @@ import helpers_toy_method as toy  # noqa: E402
 
 from maskjax import checkpoint as ckpt_lib  # noqa: E402
 from maskjax import mesh as mesh_lib  # noqa: E402
-from maskjax import train  # noqa: E402
+from maskjax import runner, train  # noqa: E402
+from maskjax import workdir as workdir_lib  # noqa: E402
 from maskjax.errors import NonFiniteLossError, WorkdirError  # noqa: E402
-from maskjax.methods import build_method  # noqa: E402
 
 
 def _train(cfg, workdir):
-  return train.run(cfg, str(workdir), data=toy.ToyData(), evaluate_after_train=False)["state"]
+  return runner.run(cfg, str(workdir), data=toy.ToyData(), evaluate_after_train=False)["state"]
 
 
 def _leaves(state):
@@ -70,7 +70,7 @@ def test_eval_and_predict_modes(full_run, tmp_path):
   from PIL import Image
   wd, _ = full_run
   cfg = toy.toy_config(**{"eval.plots": False})
-  res = train.run(cfg, str(wd), mode="eval", data=toy.ToyData())
+  res = runner.run(cfg, str(wd), mode="eval", data=toy.ToyData())
   assert set(res["per_category"]) == {"a", "b"}
   assert res["per_category"]["a"]["image_auroc"] is not None
   assert 0.0 <= res["mean"]["pixel_auroc"] <= 1.0
@@ -82,7 +82,7 @@ def test_eval_and_predict_modes(full_run, tmp_path):
   for i in range(3):
     Image.fromarray((rng.uniform(0, 0.5, (8, 8, 3)) * 255).astype(np.uint8)).save(
         tmp_path / f"img{i}.png")
-  pred = train.run(cfg, str(wd), mode="predict", predict_dir=str(tmp_path))
+  pred = runner.run(cfg, str(wd), mode="predict", predict_dir=str(tmp_path))
   rows = open(os.path.join(pred["out_dir"], "scores.csv")).read().splitlines()
   assert rows[0] == "path,category,threshold,score,normalized_score,anomalous" and len(rows) == 4
   # the folder's name is no category of the model: the global threshold decides, and says so
@@ -91,14 +91,14 @@ def test_eval_and_predict_modes(full_run, tmp_path):
   assert sorted(n for n in os.listdir(pred["out_dir"]) if n.endswith(".png")) == [
       "img0.png_overlay.png", "img1.png_overlay.png", "img2.png_overlay.png"]
   assert pred["out_dir"] == str(wd / "predict" / "001")  # a new directory per call
-  again = train.run(cfg, str(wd), mode="predict", predict_dir=str(tmp_path / "img1.png"))
+  again = runner.run(cfg, str(wd), mode="predict", predict_dir=str(tmp_path / "img1.png"))
   assert again["out_dir"] == str(wd / "predict" / "002")
   assert again["scores"][0] == pred["scores"][1]  # one image's score ignores its neighbours'
   # per-category thresholds: a sub-folder named after a category uses that category's
   sub = tmp_path / "a"
   sub.mkdir()
   Image.open(tmp_path / "img0.png").save(sub / "img0.png")
-  by_cat = train.run(cfg, str(wd), mode="predict", predict_dir=str(sub))
+  by_cat = runner.run(cfg, str(wd), mode="predict", predict_dir=str(sub))
   assert by_cat["categories"] == ["a"]
   thr_a = cal["threshold"]["per_category"]["a"]["threshold"]
   np.testing.assert_array_equal(by_cat["decisions"], by_cat["scores"] > thr_a)
@@ -108,21 +108,21 @@ def test_eval_without_checkpoint_fails(tmp_path):
   from maskjax.errors import CheckpointError
   cfg = toy.toy_config()
   with pytest.raises(WorkdirError, match="no config.json"):
-    train.run(cfg, str(tmp_path), mode="eval", data=toy.ToyData())
-  train.check_workdir(cfg, str(tmp_path))
+    runner.run(cfg, str(tmp_path), mode="eval", data=toy.ToyData())
+  workdir_lib.check_for_mode(cfg, str(tmp_path))
   with pytest.raises(CheckpointError, match="not trained to its end"):
-    train.run(cfg, str(tmp_path), mode="eval", data=toy.ToyData())
+    runner.run(cfg, str(tmp_path), mode="eval", data=toy.ToyData())
 
 
 def test_workdir_mismatch(tmp_path):
-  train.check_workdir(toy.toy_config(), str(tmp_path))
+  workdir_lib.check_for_mode(toy.toy_config(), str(tmp_path))
   with pytest.raises(WorkdirError, match=r"input\.image_size: workdir has 8, config has 16"):
-    train.run(toy.toy_config(**{"input.image_size": 16}), str(tmp_path), data=toy.ToyData(),
+    runner.run(toy.toy_config(**{"input.image_size": 16}), str(tmp_path), data=toy.ToyData(),
               evaluate_after_train=False)
   with pytest.raises(WorkdirError, match=r"seed"):
-    train.check_workdir(toy.toy_config(seed=3), str(tmp_path), write=False)
+    workdir_lib.check_for_mode(toy.toy_config(seed=3), str(tmp_path), write=False)
   # non-identity keys may change
-  train.check_workdir(toy.toy_config(**{"train.steps": 5, "train.log_every": 1}), str(tmp_path))
+  workdir_lib.check_for_mode(toy.toy_config(**{"train.steps": 5, "train.log_every": 1}), str(tmp_path))
 
 
 def test_nan_names_step_and_term_and_keeps_last_good(tmp_path):

@@ -38,6 +38,7 @@ from PIL import Image, UnidentifiedImageError
 
 from maskjax.errors import DataError
 
+#: the one list of image files maskjax reads (datasets, predict inputs, textures)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _NORMAL_MODES = ("L", "RGB")
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")

@@ -1,7 +1,9 @@
 """Method registry: `config.method.name` -> Method subclass.
 
-Methods live in their own modules and are imported lazily so that importing
-maskjax does not build every model.
+One table: the built-in methods by "module:Class" (each a package
+`maskjax/methods/<name>/`, imported on first use so that importing maskjax
+does not build every model); `register` adds a method defined elsewhere
+(e.g. a test's toy method) to the same table.
 """
 from __future__ import annotations
 
@@ -11,50 +13,46 @@ from maskjax.errors import ConfigError
 
 from maskjax.methods.base import DataInfo, Duration, Method, Stage  # noqa: F401
 
-#: name -> module path (imported on first use)
+#: name -> "module:Class" of the built-in methods
 KNOWN_METHODS = {
-    "riad": "maskjax.methods.riad",
-    "ssm": "maskjax.methods.ssm",
-    "ear": "maskjax.methods.ear",
-    "aca": "maskjax.methods.aca",
-    "mala": "maskjax.methods.mala",
+    "riad": "maskjax.methods.riad:Riad",
+    "ssm": "maskjax.methods.ssm:Ssm",
+    "ear": "maskjax.methods.ear:Ear",
+    "aca": "maskjax.methods.aca:Aca",
+    "mala": "maskjax.methods.mala:Mala",
 }
 
-_REGISTRY: dict[str, type] = {}
+_REGISTRY: dict[str, object] = dict(KNOWN_METHODS)   # name -> class or "module:Class"
 
 
 class UnknownMethodError(ConfigError):
   pass
 
 
-class MethodNotImplementedError(ConfigError):
-  pass
-
-
 def register(cls):
-  """Class decorator: `@register class Riad(Method): name = "riad"`."""
+  """Class decorator for a method defined outside maskjax: `@register class
+  Toy(Method): name = "toy"`."""
   if not cls.name:
     raise ValueError(f"{cls} has no name")
+  if cls.name in KNOWN_METHODS:
+    raise ValueError(f"method name {cls.name!r} is a built-in method's")
   _REGISTRY[cls.name] = cls
   return cls
 
 
 def get_method_class(name: str):
-  if name in _REGISTRY:
-    return _REGISTRY[name]
-  if name not in KNOWN_METHODS:
+  entry = _REGISTRY.get(name)
+  if entry is None:
     raise UnknownMethodError(
         f"unknown method {name!r} (config.method.name); known methods: "
-        + ", ".join(sorted(KNOWN_METHODS)))
-  if name not in _REGISTRY:
-    try:
-      importlib.import_module(KNOWN_METHODS[name])
-    except ModuleNotFoundError as e:
-      if e.name == KNOWN_METHODS[name]:
-        raise MethodNotImplementedError(
-            f"method {name!r} is not implemented yet in this version of maskjax") from None
-      raise
-  return _REGISTRY[name]
+        + ", ".join(sorted(_REGISTRY)))
+  if isinstance(entry, str):
+    module, cls_name = entry.split(":")
+    entry = getattr(importlib.import_module(module), cls_name)
+    if entry.name != name:
+      raise RuntimeError(f"{module}:{cls_name}.name is {entry.name!r}, registered as {name!r}")
+    _REGISTRY[name] = entry
+  return entry
 
 
 def build_method(config, data: DataInfo):

@@ -189,7 +189,8 @@ class Stage:
 
 
 class Method:
-  """Base class. Subclasses register themselves with `maskjax.methods.register`.
+  """Base class. Built-in methods are listed in `maskjax.methods.KNOWN_METHODS`;
+  others join the same registry with `maskjax.methods.register`.
 
   `Method(config, data)`: `data` is the run's `DataInfo` (categories, training
   images per category, image size, datasets); methods never read the dataset

@@ -49,9 +49,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from maskjax.data.images import IMAGE_EXTENSIONS
 from maskjax.errors import DataError
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _SQRT2 = np.float32(math.sqrt(2.0))
 
 

@@ -257,3 +257,46 @@ def build(path: str, *, rngs: nnx.Rngs | None = None, **overrides) -> nnx.Module
                                 rngs or nnx.Rngs(0))
   load_into(module, path)
   return module
+
+
+# ----------------------------------------------------------------------------
+# loading into parameter trees (inside a jitted init)
+# ----------------------------------------------------------------------------
+def load_params(params: Mapping[Any, Any], path: str, *, where: str, prefix: str = "",
+                optional: Iterable[str] = (), checkpoint=None) -> dict[str, Any]:
+  """`params` (a nested pure dict; abstract under `jax.jit`) with the tensors of
+  the converted checkpoint `path` put in, read on the host through
+  `jax.pure_callback` so that a method's init stays one jitted function.
+
+  The one loader of pretrained weights for the methods (ACA's ViT, MALA's MAE,
+  EAR's saliency ViT). prefix: where the checkpoint's keys sit in `params`
+  (an encoder-only checkpoint into an MAE: "encoder"). optional: key
+  prefixes of `params` that the checkpoint may lack (they keep their value,
+  logged). Unexpected keys, shape mismatches and other missing keys raise a
+  CheckpointError starting with `where`. checkpoint: `read(path)` when the
+  caller has it already (a ViT-L checkpoint is read once, not per check).
+  """
+  flat, meta = checkpoint if checkpoint is not None else read(path)
+  if prefix:
+    flat = {f"{prefix}.{k}": v for k, v in flat.items()}
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  names = [".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in p) for p, _ in leaves]
+  ours = {n: tuple(v.shape) for n, (_, v) in zip(names, leaves)}
+  missing, unexpected, mismatched = compare_keys(ours, {k: v.shape for k, v in flat.items()})
+  hard = [k for k in missing if not _allowed(k, list(optional))]
+  if hard or unexpected or mismatched:
+    raise CheckpointError(mismatch_message(
+        f"{where}: checkpoint {path}", hard, unexpected, mismatched,
+        f"the checkpoint was converted as --arch {meta.get('arch')} ({meta.get('kind')})"))
+  if missing:
+    log.info("%s: %d tensors are not in %s and keep their initial values (%s, ...)", where,
+             len(missing), path, ", ".join(missing[:3]))
+  wanted = tuple(n for n in names if n in flat)
+  shapes = tuple(jax.ShapeDtypeStruct(ours[n], jax.numpy.float32) for n in wanted)
+
+  def load():   # the host copy read above (kept with the traced init, as the tensors it fills)
+    return tuple(np.asarray(flat[n], np.float32) for n in wanted)
+
+  values = dict(zip(wanted, jax.pure_callback(load, shapes))) if wanted else {}
+  return jax.tree_util.tree_unflatten(
+      treedef, [values.get(n, v) for n, (_, v) in zip(names, leaves)])

@@ -16,10 +16,9 @@ import numpy as np
 import pytest
 
 from configs import aca as aca_config
-from maskjax import methods
 from maskjax.errors import ConfigError
 from maskjax.methods import aca
-from maskjax.ops import masks, sinkhorn
+from maskjax.ops import augment, masks, sinkhorn
 
 
 def _tiny_config(*variants, scales=(32, 48)):
@@ -183,10 +182,10 @@ def test_prototypes_unit_norm_after_step(trained):
 
 def test_crop_resize_identity_box_is_a_plain_crop():
   img = np.random.default_rng(0).random((20, 24, 3)).astype(np.float32)
-  out = aca.crop_resize(jnp.asarray(img), jnp.asarray([3.0, 5.0, 12.0, 12.0]), 12)
+  out = augment.crop_resize(jnp.asarray(img), jnp.asarray([3.0, 5.0, 12.0, 12.0]), 12)
   np.testing.assert_allclose(np.asarray(out), img[3:15, 5:17], atol=1e-6)
   # 2x shrink of an aligned box = 2x2 average of the pixels (triangle width 2)
-  out = aca.crop_resize(jnp.asarray(img), jnp.asarray([0.0, 0.0, 20.0, 24.0]), 10)
+  out = augment.crop_resize(jnp.asarray(img), jnp.asarray([0.0, 0.0, 20.0, 24.0]), 10)
   assert out.shape == (10, 10, 3)
 
 

@@ -20,7 +20,6 @@ import pytest
 import scipy.ndimage
 
 from maskjax.errors import ConfigError
-from maskjax.methods import build_method
 from maskjax.methods.ear import core, fit_mosaic
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 
 from configs import mala as mala_config
-from maskjax import methods
 from maskjax.errors import ConfigError
 from maskjax.methods import mala
-from maskjax.models import mala_heads
+from maskjax.methods.mala import heads as mala_heads
 
 
 def _tiny_config(*variants, **method):

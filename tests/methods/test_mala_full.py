@@ -10,7 +10,7 @@ import os
 import numpy as np
 
 from configs import mala as mala_config
-from maskjax import train
+from maskjax import runner
 from maskjax.data import demo
 
 
@@ -28,7 +28,7 @@ def test_full_architecture_reduced_width_on_multi_layout(tmp_path):
   c.train.progress_bar = False
   c.train.async_checkpoint = False
   workdir = str(tmp_path / "run")
-  res = train.run(c, workdir, evaluate_after_train=False)
+  res = runner.run(c, workdir, evaluate_after_train=False)
   state = res["state"]
   assert set(state) == {"params", "model_state", "opt_state", "step", "extras"}
   assert "encoder" in state["model_state"]

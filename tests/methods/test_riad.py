@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from configs import riad as riad_config
-from maskjax import methods
 from maskjax.errors import ConfigError
 
 

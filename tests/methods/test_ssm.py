@@ -18,7 +18,6 @@ import pytest
 from scipy import ndimage
 
 from configs import ssm as ssm_config
-from maskjax import methods
 from maskjax.errors import ConfigError
 from maskjax.methods import ssm as ssm_lib
 

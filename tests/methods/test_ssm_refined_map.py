@@ -12,7 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maskjax import methods
 from maskjax.errors import ConfigError
 from tests.methods.test_ssm import (_etas, _images, _jitted_net, _np_algorithm1, _np_checkerboards,
                                     _np_error, _tiny_config, _trained)

@@ -3,7 +3,7 @@
 The full demo sweep (about 16 short runs on a 2-core CPU machine):
 
   python -m maskjax.sweep --sweep=configs/sweeps/demo.py --root=runs/sweep_demo
-  python -m maskjax.report --root=runs/sweep_demo
+  python -m maskjax.sweep_report --root=runs/sweep_demo
 
 Rerunning the first command skips finished runs and resumes interrupted ones.
 `configs/sweeps/demo.py:quick` runs each method once over all demo categories

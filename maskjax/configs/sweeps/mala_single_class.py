@@ -3,7 +3,7 @@ MVTec AD and of VisA, 1 seed (add seeds to taste).
 
   python -m maskjax.sweep --sweep=configs/sweeps/mala_single_class.py --root=runs/mala_sc \
       --set input.data_dir=/data/ad --executor=slurm
-  python -m maskjax.report --root=runs/mala_sc
+  python -m maskjax.sweep_report --root=runs/mala_sc
 
 `/data/ad` holds `mvtec/` (MVTec AD as downloaded) and `visa/` (VisA as
 downloaded), as for the unified config.

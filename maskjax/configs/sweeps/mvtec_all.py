@@ -3,7 +3,7 @@ category (MALA: its unified run over MVTec AD + VisA).
 
   python -m maskjax.sweep --sweep=configs/sweeps/mvtec_all.py --root=runs/mvtec \
       --set input.data_dir=/data/mvtec --executor=slurm   # writes the array job
-  python -m maskjax.report --root=runs/mvtec --reference=anomalib_results.csv
+  python -m maskjax.sweep_report --root=runs/mvtec --reference=anomalib_results.csv
 """
 
 MVTEC_CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather",

@@ -56,15 +56,14 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
-from maskjax import methods, train_utils
+from maskjax import train_utils
 from maskjax.errors import ConfigError
 from maskjax.methods.base import Duration, Method, Stage
 from maskjax.methods.ear import core
-from maskjax.models.ear_unet import EarUNet
+from maskjax.methods.ear.unet import EarUNet
 from maskjax.ops import gms, losses, normalize, ssim
 
 
-@methods.register
 class Ear(Method):
   """EAR; see the package docstring. State: U-Net params, BatchNorm statistics
   as model_state, extras {"saliency": frozen ViT parameters} when
@@ -110,7 +109,7 @@ class Ear(Method):
     self._scale_sources: dict = {}
     self._saliency_note = ""
     self.vit_f = None
-    self._vit_params = None
+    self._vit_path = ""
     if self.source == "vit" and self.use_attention:
       self._setup_vit()
 
@@ -126,17 +125,15 @@ class Ear(Method):
                          rngs=rngs, **overrides)
 
   def _setup_vit(self) -> None:
-    path = str(self.config.model.get("saliency_init_from", "") or "")
-    arch = str(self.config.model.get("saliency_arch", "vit_small_patch8"))
+    path = str(self.config.model.saliency_init_from)
+    arch = str(self.config.model.saliency_arch)
+    self.vit_f = train_utils.Functional(nnx.eval_shape(lambda: self._vit(nnx.Rngs(0))))
+    self._vit_path = path
     if path:
       from maskjax import weights
-      module = self._vit(nnx.Rngs(0))
-      weights.load_into(module, path)
-      self.vit_f = train_utils.Functional(module)
-      self._vit_params = jax.tree.map(np.asarray, self.vit_f.params)
+      weights.read_meta(path)   # a missing or unreadable checkpoint fails now, not at init
       self._saliency_note = f"ViT ({arch}) CLS attention, weights from {path}"
     else:
-      self.vit_f = train_utils.Functional(nnx.eval_shape(lambda: self._vit(nnx.Rngs(0))))
       self._saliency_note = (f"saliency: random-init ViT ({arch}, no checkpoint; "
                              "config.model.saliency_init_from is empty)")
       logging.warning("ear: %s: its attention masks are close to arbitrary; give a converted "
@@ -192,12 +189,18 @@ class Ear(Method):
     return core.spectral_residual_saliency(x01, self.sr_work_size, self.sr_sigma)
 
   def saliency_state(self, rng: jax.Array) -> dict:
-    """{"saliency": ViT params} (loaded or random) for the "vit" source, else {}."""
+    """{"saliency": frozen ViT params} for the "vit" source (the converted
+    checkpoint `config.model.saliency_init_from`, `maskjax.weights.load_params`,
+    else random), else {}."""
     if self.vit_f is None:
       return {}
-    if self._vit_params is not None:
-      return {"saliency": jax.tree.map(jnp.asarray, self._vit_params)}
     _, vp, _ = train_utils.split_pure(self._vit(nnx.Rngs(params=rng)))
+    if self._vit_path:
+      from maskjax import weights
+      vp = weights.load_params(vp, self._vit_path,
+                               where=f"config.model.saliency_init_from={self._vit_path!r} does "
+                                     f"not fit config.model.saliency_arch="
+                                     f"{self.config.model.saliency_arch!r}")
     return {"saliency": vp}
 
   def saliency_mask(self, state, x01: jax.Array) -> jax.Array:

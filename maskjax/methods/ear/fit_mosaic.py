@@ -87,7 +87,7 @@ def estimate(r10: Mapping[str, float], fits: Mapping[str, Mapping], *, cap: Opti
 
 def compute_r10(method, config, splits, data) -> dict:
   """{category: (r10, n_images)} from the training normals (see module doc);
-  `data` is the loop's data access (`maskjax.train.DataAPI`)."""
+  `data` is the loop's data access (`maskjax.data_access.DataAPI`)."""
   import jax
   import jax.numpy as jnp
   from maskjax.ops import mosaic as mosaic_ops
@@ -118,9 +118,9 @@ def compute_r10(method, config, splits, data) -> dict:
 def run(config, workdir: str) -> dict:
   """Compute r10, fit (or load a fit), estimate, write `<workdir>/mosaic.json`."""
   from maskjax.errors import ConfigError
-  from maskjax import data_info, train
+  from maskjax import data_access, data_info
   from maskjax.methods import build_method
-  data = train.DataAPI()
+  data = data_access.DataAPI()
   splits = data.load_splits(config.input, int(config.seed))
   method = build_method(config, data_info.from_splits(splits, config))
   r10n = compute_r10(method, config, splits, data)

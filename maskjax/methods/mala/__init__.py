@@ -10,7 +10,7 @@ Stage 1 ("stage1", perceive normal patterns)
   compared with the original x in [0, 1]:
     L = a1 * mean|x - recon| + a2 * (1 - SSIM(recon, x)) + a3 * L_pl
   (`maskjax.ops.ssim`, 11x11 Gaussian window, zero padding, data range 1).
-  PLPM (`maskjax.models.mala_heads.PLPMDiscriminator`) labels originals 0 and
+  PLPM (`maskjax.methods.mala.heads.PLPMDiscriminator`) labels originals 0 and
   reconstructions 1; it is trained with BCE in its own optimiser step after
   the MAE step of the same batch, on the reconstructions of that step
   (stop-gradient):  L_D = 0.5 * (BCE(D(x), 0) + BCE(D(recon), 1)).
@@ -69,15 +69,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from flax import nnx
 
-from maskjax import methods
 from maskjax import train_utils
-from maskjax.errors import CheckpointError, ConfigError
+from maskjax.errors import ConfigError
 from maskjax.methods.base import Duration, Method, Stage
 from maskjax.models import mae as mae_lib
-from maskjax.models import mala_heads
+from maskjax.methods.mala import heads as mala_heads
 from maskjax.models import vit as vit_lib
 from maskjax.ops import filters, losses, masks, normalize, ssim
 
@@ -196,7 +194,6 @@ def _dotted(path) -> str:
 # ----------------------------------------------------------------------------
 # the method
 # ----------------------------------------------------------------------------
-@methods.register
 class Mala(Method):
   name = "mala"
   uses_init_from = True
@@ -317,61 +314,24 @@ class Mala(Method):
 
   # -- pretrained weights --------------------------------------------------------------
   def _pretrained_mae(self, params: dict) -> dict:
-    """params with the tensors of `config.model.init_from` put in (read on the host
-    through `jax.pure_callback`, so init stays jittable). An encoder-only
-    checkpoint (kind "vit") fills the encoder; decoder tensors it lacks keep
-    their random init (logged). Unexpected keys or shape mismatches fail."""
-    path = str(self.config.model.get("init_from", "") or "")
+    """params with the tensors of `config.model.init_from` put in
+    (`maskjax.weights.load_params`). An encoder-only checkpoint (kind "vit")
+    fills the encoder; decoder tensors it lacks keep their random init
+    (logged). Unexpected keys, shape mismatches or missing encoder tensors fail."""
+    path = str(self.config.model.init_from)
     if not path:
       return params
-    flat = self._read_checkpoint(path)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [_dotted(k) for k, _ in leaves]
-    self._check_checkpoint(path, flat, dict(zip(names, (v.shape for _, v in leaves))))
-    wanted = tuple(n for n in names if n in flat)
-    shapes = tuple(jax.ShapeDtypeStruct(tuple(flat[n].shape), jnp.float32) for n in wanted)
-
-    def load():
-      f = self._read_checkpoint(path)
-      return tuple(np.asarray(f[n], np.float32) for n in wanted)
-
-    values = dict(zip(wanted, jax.pure_callback(load, shapes))) if wanted else {}
-    new = [values.get(n, v) for n, (_, v) in zip(names, leaves)]
-    return jax.tree_util.tree_unflatten(treedef, new)
-
-  def _read_checkpoint(self, path: str) -> dict:
-    """Flat {"encoder.blocks.0.attn.qkv.kernel": np.ndarray} of a converted checkpoint
-    (`maskjax.weights.read`), cached on the method object."""
-    cache = getattr(self, "_ckpt_cache", None)
-    if cache is not None and cache[0] == path:
-      return cache[1]
     from maskjax import weights
     flat, meta = weights.read(path)
-    if meta.get("kind") == "vit" or not any(k.startswith(self.encoder_key + ".") for k in flat):
-      flat = {f"{self.encoder_key}.{k}": v for k, v in flat.items()}
-    self._ckpt_cache = (path, flat)
-    return flat
-
-  def _check_checkpoint(self, path: str, flat: dict, ours: dict) -> None:
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(ours[k])}"
-           for k, v in flat.items() if k in ours and tuple(v.shape) != tuple(ours[k])]
-    unexpected = sorted(k for k in flat if k not in ours)
-    missing = sorted(k for k in ours if k not in flat)
-    enc_missing = [k for k in missing if k.startswith(self.encoder_key + ".")]
-    if bad or unexpected or enc_missing:
-      parts = bad[:5]
-      if unexpected:
-        parts.append(f"unexpected keys {unexpected[:5]}")
-      if enc_missing:
-        parts.append(f"missing encoder keys {enc_missing[:5]}")
-      raise CheckpointError(
-          f"config.model.init_from={path!r} does not fit config.model.encoder="
-          f"{self.config.model.encoder!r} (overrides {self.enc_kw}) with decoder "
-          f"{self.config.model.decoder_depth} x {self.config.model.decoder_dim} at {self.img} px: "
-          + "; ".join(parts))
-    if missing:
-      logging.info("init_from %s: %d decoder tensors are not in the checkpoint and keep their "
-                   "random init (%s, ...)", path, len(missing), ", ".join(missing[:3]))
+    encoder_only = meta.get("kind") == "vit" or not any(
+        k.startswith(self.encoder_key + ".") for k in flat)
+    return weights.load_params(
+        params, path, checkpoint=(flat, meta), prefix=self.encoder_key if encoder_only else "",
+        optional=tuple(k for k in params if k != self.encoder_key),
+        where=f"config.model.init_from={path!r} does not fit config.model.encoder="
+              f"{self.config.model.encoder!r} (overrides {self.enc_kw}) with decoder "
+              f"{self.config.model.decoder_depth} x {self.config.model.decoder_dim} at "
+              f"{self.img} px")
 
   # -- forward passes -----------------------------------------------------------------
   def _mae(self, params, rest):

@@ -16,7 +16,7 @@ Stage 1 ("pretrain")
     * random resized crop: area fraction U(scale), log aspect U(log 3/4, log 4/3),
       clipped to the image, uniform position, resampled to the view size with
       separable triangle-kernel weights (bilinear, antialiased when shrinking,
-      `resample_matrix`);
+      `maskjax.ops.augment.resample_matrix`);
     * horizontal flip p = 0.5;
     * colour jitter p = 0.8: brightness, contrast, saturation factors
       U(1 - s, 1 + s) with s = (0.4, 0.4, 0.2) (DINO's strengths; hue jitter,
@@ -82,8 +82,7 @@ Scoring (`score`, pure, jitted by the loop)
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -91,13 +90,13 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from maskjax import methods
 from maskjax import train_utils
-from maskjax.errors import CheckpointError, ConfigError
+from maskjax.errors import ConfigError
 from maskjax.methods.base import Duration, Method, Stage
-from maskjax.models import aca_heads
+from maskjax.methods.aca import heads as aca_heads
 from maskjax.models import vit as vit_lib
 from maskjax.ops import cutpaste, losses, masks, normalize, sinkhorn
+from maskjax.ops.augment import LUMA as _LUMA, make_views
 
 PyTree = Any
 MASKINGS = ("apmask", "random", "none")
@@ -134,82 +133,6 @@ def swapped_cross_entropy(targets: jax.Array, student_scores: jax.Array,
   """mean over rows of -sum_k q_k log softmax(s / tau)_k; targets [M,K], scores [M,K]."""
   logp = jax.nn.log_softmax(student_scores.astype(jnp.float32) / temperature, axis=-1)
   return -jnp.mean(jnp.sum(targets * logp, axis=-1))
-
-
-def random_resized_crop_params(key: jax.Array, height: int, width: int,
-                               scale: Sequence[float],
-                               ratio: Sequence[float] = (3 / 4, 4 / 3)) -> jax.Array:
-  """(y0, x0, ch, cw) float32 [4] of a crop with area fraction U(scale) and
-  aspect (w/h) log-uniform in `ratio`, sides clipped to the image, uniform offset."""
-  k1, k2, k3, k4 = jax.random.split(key, 4)
-  area = jax.random.uniform(k1, (), minval=scale[0], maxval=scale[1]) * height * width
-  logr = jax.random.uniform(k2, (), minval=math.log(ratio[0]), maxval=math.log(ratio[1]))
-  r = jnp.exp(logr)
-  cw = jnp.clip(jnp.sqrt(area * r), 1.0, width)
-  ch = jnp.clip(jnp.sqrt(area / r), 1.0, height)
-  y0 = jax.random.uniform(k3, ()) * (height - ch)
-  x0 = jax.random.uniform(k4, ()) * (width - cw)
-  return jnp.stack([y0, x0, ch, cw]).astype(jnp.float32)
-
-
-def resample_matrix(start, length, in_size: int, out_size: int) -> jax.Array:
-  """[out_size, in_size] linear (triangle) resampling weights of the interval
-  [start, start + length) (pixel units, half-pixel centres) onto out_size
-  pixels; the kernel widens to length / out_size when shrinking (antialiasing,
-  as `jax.image.scale_and_translate(..., "linear", antialias=True)`); rows are
-  normalised to sum 1 (taps outside the image are dropped)."""
-  step = length / out_size
-  centres = start + (jnp.arange(out_size, dtype=jnp.float32) + 0.5) * step - 0.5
-  width = jnp.maximum(step, 1.0)
-  d = jnp.abs(jnp.arange(in_size, dtype=jnp.float32)[None, :] - centres[:, None]) / width
-  w = jnp.maximum(0.0, 1.0 - d)
-  return w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1e-12)
-
-
-def crop_resize(image: jax.Array, box: jax.Array, size: int) -> jax.Array:
-  """image [H,W,C] -> [size,size,C]: the continuous box (y0, x0, ch, cw)
-  resampled with `resample_matrix` along each axis (two small matmuls, cheap
-  to compile under vmap)."""
-  h, w = image.shape[:2]
-  my = resample_matrix(box[0], box[2], h, size)
-  mx = resample_matrix(box[1], box[3], w, size)
-  return jnp.einsum("yh,hwc,xw->yxc", my, image.astype(jnp.float32), mx)
-
-
-_LUMA = jnp.asarray([0.299, 0.587, 0.114], jnp.float32)
-
-
-def color_augment(key: jax.Array, img: jax.Array, strength=(0.4, 0.4, 0.2), p_jitter=0.8,
-                  p_gray=0.2) -> jax.Array:
-  """Flip p=0.5, colour jitter (brightness, contrast, saturation) p=0.8,
-  grayscale p=0.2 on one image [H,W,3] in [0,1]; output clipped to [0,1]."""
-  ks = jax.random.split(key, 6)
-  img = jnp.where(jax.random.uniform(ks[0]) < 0.5, img[:, ::-1], img)
-  f = jax.random.uniform(ks[1], (3,), minval=-1.0, maxval=1.0) * jnp.asarray(strength) + 1.0
-  x = jnp.clip(img * f[0], 0.0, 1.0)
-  mean = jnp.mean(x @ _LUMA)
-  x = jnp.clip((x - mean) * f[1] + mean, 0.0, 1.0)
-  gray = (x @ _LUMA)[..., None]
-  x = jnp.clip(gray + (x - gray) * f[2], 0.0, 1.0)
-  img = jnp.where(jax.random.uniform(ks[2]) < p_jitter, x, img)
-  gray = jnp.broadcast_to((img @ _LUMA)[..., None], img.shape)
-  return jnp.where(jax.random.uniform(ks[3]) < p_gray, gray, img)
-
-
-def make_views(key: jax.Array, images: jax.Array, num: int, size: int,
-               scale: Sequence[float]) -> jax.Array:
-  """`num` augmented crops of every image: [B,H,W,3] -> [num * B, size, size, 3]
-  (view-major: rows [v*B, (v+1)*B) are view v of the batch)."""
-  b, h, w = images.shape[:3]
-  keys = jax.random.split(key, num * b)
-
-  def one(k, img):
-    kc, ka = jax.random.split(k)
-    box = random_resized_crop_params(kc, h, w, scale)
-    return color_augment(ka, crop_resize(img, box, size))
-
-  tiled = jnp.tile(images.astype(jnp.float32), (num, 1, 1, 1))
-  return jax.vmap(one)(keys, tiled)
 
 
 def _bilinear_sample(img: jax.Array, yy: jax.Array, xx: jax.Array) -> jax.Array:
@@ -311,14 +234,9 @@ def _view_major(x: jax.Array) -> jax.Array:
   return jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])
 
 
-def _dotted(path) -> str:
-  return ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
-
-
 # ----------------------------------------------------------------------------
 # the method
 # ----------------------------------------------------------------------------
-@methods.register
 class Aca(Method):
   name = "aca"
   uses_init_from = True
@@ -395,32 +313,14 @@ class Aca(Method):
   # -- pretrained weights ----------------------------------------------------------
   def _pretrained_vit(self, params: dict) -> dict:
     """`params` with `config.model.init_from` (a converted ViT checkpoint) put
-    in, read on the host via `jax.pure_callback` (init stays jittable)."""
-    path = str(self.config.model.get("init_from", "") or "")
+    in (`maskjax.weights.load_params`: read on the host, init stays jittable)."""
+    path = str(self.config.model.init_from)
     if not path:
       return params
     from maskjax import weights
-    flat, _ = weights.read(path)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [_dotted(k) for k, _ in leaves]
-    ours = dict(zip(names, (tuple(v.shape) for _, v in leaves)))
-    bad = [f"{k}: checkpoint {tuple(v.shape)} vs model {ours[k]}" for k, v in flat.items()
-           if k in ours and tuple(v.shape) != ours[k]]
-    unexpected = sorted(k for k in flat if k not in ours)
-    missing = sorted(k for k in ours if k not in flat)
-    if bad or unexpected or missing:
-      raise CheckpointError(
-          f"config.model.init_from={path!r} does not fit config.model.backbone="
-          f"{self.config.model.backbone!r} at {self.gsize} px: "
-          + "; ".join(bad[:5] + ([f"unexpected keys {unexpected[:5]}"] if unexpected else [])
-                      + ([f"missing keys {missing[:5]}"] if missing else [])))
-    shapes = tuple(jax.ShapeDtypeStruct(ours[n], jnp.float32) for n in names)
-
-    def load():
-      f, _ = weights.read(path)
-      return tuple(np.asarray(f[n], np.float32) for n in names)
-
-    return jax.tree_util.tree_unflatten(treedef, list(jax.pure_callback(load, shapes)))
+    return weights.load_params(
+        params, path, where=f"config.model.init_from={path!r} does not fit "
+        f"config.model.backbone={self.config.model.backbone!r} at {self.gsize} px")
 
   # -- stages -----------------------------------------------------------------------
   def _stage_optim(self, scfg):

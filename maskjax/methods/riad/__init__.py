@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from maskjax import methods, train_utils
+from maskjax import train_utils
 from maskjax.methods.base import Duration, Method, Stage
 from maskjax.models.unet import RiadUNet, check_geometry
 from maskjax.ops import gms, masks as masks_lib, normalize, ssim
@@ -45,7 +45,6 @@ from maskjax.ops import gms, masks as masks_lib, normalize, ssim
 # ----------------------------------------------------------------------------
 # the method
 # ----------------------------------------------------------------------------
-@methods.register
 class Riad(Method):
   """RIAD; see the module docstring. State: U-Net params, BatchNorm statistics
   as model_state."""

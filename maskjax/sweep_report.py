@@ -1,6 +1,6 @@
 r"""Aggregate every run under a root into one table per dataset.
 
-  python -m maskjax.report --root=DIR [--reference=torch_results.csv ...]
+  python -m maskjax.sweep_report --root=DIR [--reference=torch_results.csv ...]
       [--tolerance=0.01] [--out=DIR/report]
 
 Reads every `<run>/eval/results.json` below --root (the runs of
@@ -372,12 +372,12 @@ def define_flags() -> None:
 def main(argv) -> None:
   from maskjax.errors import UserError
   if not FLAGS.root:
-    print("maskjax.report: error: --root is required", file=sys.stderr)
+    print("maskjax.sweep_report: error: --root is required", file=sys.stderr)
     sys.exit(2)
   try:
     written = build_report(FLAGS.root, FLAGS.reference, FLAGS.tolerance, FLAGS.out)
   except (UserError, ValueError, OSError) as e:
-    print(f"maskjax.report: error: {e}", file=sys.stderr)
+    print(f"maskjax.sweep_report: error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"report: {len(written)} files in {os.path.dirname(written[-1])}")
   print(f"report: {written[-1]}")

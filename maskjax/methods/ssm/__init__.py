@@ -78,7 +78,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from maskjax import methods, train_utils
+from maskjax import train_utils
 from maskjax.errors import ConfigError, DataError
 from maskjax.methods.base import Duration, Method, Stage
 from maskjax.models.unet import SsmUNet, check_geometry
@@ -160,7 +160,6 @@ def refine(err_fn: Callable[[jax.Array], jax.Array], s0: jax.Array, eta: jax.Arr
 # ----------------------------------------------------------------------------
 # the method
 # ----------------------------------------------------------------------------
-@methods.register
 class Ssm(Method):
   """SSM; see the module docstring. State: U-Net params, BatchNorm statistics
   as model_state."""
