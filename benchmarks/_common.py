@@ -9,6 +9,18 @@ FLOP counting, tables and JSON results.
   `sync` for PyTorch CUDA).
 * `compiled_flops(compiled)`: model FLOPs from XLA's cost analysis of a compiled
   computation (None where the backend reports none).
+* `peak_tflops(dtype)`: the device's dense peak TFLOP/s (for MFU), None when
+  the device is not in `PEAK_TFLOPS`; `peak_memory()`: the device's peak bytes.
+* `load_config(name, variant)`: `configs/<name>.py`'s `get_config(variant)`.
+* `build_stages(config, categories, num_train)`: the method of a config and its
+  stages resolved as the loop resolves them (durations, init, train step), on
+  stated data facts (`DataInfo.uniform`) instead of a dataset;
+  `demo_categories(config)`: the categories a config selects on the demo data.
+* `TrainStep(stage, config)`: a stage's train step compiled as the loop compiles
+  it (`maskjax.train.CompiledStage`: explicit shardings, donated state, step rng
+  from the state's step counter), with its state initialised as the loop does;
+  `.compile(batch)` (compile time, FLOPs), `.run(n)`, `.time(warmup, iters)`,
+  `.time_block(steps)`.
 * `result_path(name)`: `benchmarks/results/<name>_<backend>.json`, or under
   `$MASKJAX_BENCH_OUT` when set (the GPU suite and the tests use it).
 * `print_table(rows, cols)`, `write_json(path, obj)`.
@@ -149,6 +161,121 @@ def load_config(name: str, variant: str = "demo"):
   mod = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(mod)
   return mod.get_config(variant)
+
+
+def demo_categories(config) -> tuple[str, ...]:
+  """The categories `config.input.categories` selects on the embedded demo data
+  ("*" = all categories of `config.input.demo_source`)."""
+  cats = tuple(str(c) for c in config.input.categories)
+  if cats != ("*",):
+    return cats
+  from maskjax.data import demo
+  if str(config.input.get("demo_source", "photos")) == "synthetic":
+    return tuple(demo.SYNTHETIC_CATEGORIES)
+  return tuple(demo.DEMO_CATEGORIES)
+
+
+def build_stages(config, categories: Sequence[str], num_train: int, image_size: int = 0):
+  """-> (method, stages): `config`'s method built for a run on stated data
+  (`DataInfo.uniform(categories, num_train, image_size or config.input.image_size)`:
+  `num_train` training images in each category) and its stages resolved as the
+  loop resolves them (`maskjax.train_state.resolve_stages`: steps, `init`,
+  `train_step`, `schedule` filled in)."""
+  from maskjax import train_state
+  from maskjax.methods import DataInfo, build_method
+  data = DataInfo.uniform(tuple(categories), int(num_train),
+                          int(image_size or config.input.image_size))
+  method = build_method(config, data)
+  return method, train_state.resolve_stages(method, config)
+
+
+class TrainStep:
+  """One resolved stage's train step as the loop runs it, for timing.
+
+    ts = TrainStep(stage, config, stage_index=0, previous=None)
+    batch = ts.put(host_batch)     # numpy / arrays -> global arrays, batch sharding
+    ts.compile(batch)              # sets compile_s and flops (XLA cost analysis)
+    metrics = ts.run(n)            # n steps on `batch`, synchronised
+    t = ts.time(warmup, iters)     # `timeit` of single steps
+    s = ts.time_block(steps)       # seconds per step over one synchronised block
+
+  The step is `maskjax.train.CompiledStage.step` (explicit shardings over
+  `mesh`, default `config.mesh` over all devices; donated state; step rng
+  `fold_in(stage key, state["step"])` on device); the state comes from
+  `CompiledStage.init_from_seed(config.seed, stage_index, previous)` and the key
+  from `CompiledStage.stage_key`, as in `maskjax.train.train_stage`. `state` is
+  always the newest state (each step donates the one before).
+  """
+
+  def __init__(self, stage, config, stage_index: int = 0, previous=None, mesh=None):
+    import jax
+
+    from maskjax import mesh as mesh_lib
+    from maskjax import train
+    self.stage = stage
+    self.mesh = mesh if mesh is not None else mesh_lib.make_mesh(config.mesh)
+    abstract_previous = (jax.eval_shape(lambda x: x, previous) if previous is not None
+                         else None)
+    self.cs = train.CompiledStage(stage, self.mesh, config.mesh, abstract_previous)
+    seed = int(config.seed)
+    self.state = self.cs.init_from_seed(seed, stage_index, previous)
+    self.key = self.cs.stage_key(seed, stage_index)
+    self.fn = self.cs.step
+    self.batch = None
+    self.metrics = None
+    self.compile_s: float | None = None
+    self.flops: float | None = None
+
+  def put(self, batch: dict) -> dict:
+    """A host batch (one process) as global arrays on the stage's batch sharding;
+    also the batch `run` / `time` use from now on."""
+    import numpy as np
+
+    from maskjax import mesh as mesh_lib
+    self.batch = mesh_lib.host_to_global({k: np.asarray(v) for k, v in batch.items()},
+                                         self.mesh)
+    return self.batch
+
+  def compile(self, batch: dict | None = None):
+    """Lower and compile the step for `batch` (default: the last `put`); later
+    steps run the compiled executable. Sets `compile_s` and `flops`."""
+    batch = batch if batch is not None else self.batch
+    self.batch = batch
+    t0 = time.perf_counter()
+    compiled = self.cs.step.lower(self.state, batch, self.key).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.flops = compiled_flops(compiled)
+    self.fn = compiled
+    return compiled
+
+  def step(self):
+    """One step on the current batch (asynchronous); -> (state, metrics)."""
+    self.state, self.metrics = self.fn(self.state, self.batch, self.key)
+    return self.state, self.metrics
+
+  def run(self, n: int) -> dict | None:
+    """`n` steps, then wait for them; -> the last step's metrics."""
+    import jax
+    for _ in range(int(n)):
+      self.step()
+    jax.block_until_ready((self.state, self.metrics))
+    return self.metrics
+
+  def time(self, warmup: int = 1, iters: int = 3) -> dict[str, Any]:
+    """`timeit` of single steps (each synchronised)."""
+    return timeit(self.step, warmup, iters)
+
+  def time_block(self, steps: int) -> float:
+    """Seconds per step over `steps` steps synchronised once at the end."""
+    t0 = time.perf_counter()
+    self.run(steps)
+    return (time.perf_counter() - t0) / max(int(steps), 1)
+
+  def loss(self) -> float | None:
+    import jax
+    if not self.metrics or "loss" not in self.metrics:
+      return None
+    return float(jax.device_get(self.metrics["loss"]))
 
 
 def results_dir() -> str:

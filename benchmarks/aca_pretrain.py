@@ -5,62 +5,44 @@
                                                        # accelerator: ViT-S/16, 224 + 8 x 96
 
 Builds the `configs/aca.py` pretraining stage twice (masking "apmask" and
-"none", everything else equal), jits each `train_step` (state donated,
-synthetic images already on the device, so the data pipeline is not
-measured), runs `--warmup` untimed steps, then alternates timed blocks of
+"none", everything else equal; `_common.build_stages`, one stated category),
+compiles each train step as the loop does (`_common.TrainStep`:
+`maskjax.train.CompiledStage`, state donated; synthetic images already on the
+device, so the data pipeline is not measured), runs `--warmup` untimed steps,
+then alternates timed blocks of
 `--steps` steps between the two variants `--rounds` times (so machine load
 drifts hit both alike) and reports the median steps/s. XLA's cost analysis of
 each compiled step gives its FLOPs; the paper reports that masking 30% of the
 patches costs ~70% of the unmasked compute. Note that APMask adds a
 forward-only attention pass over each full student view, which the paper's
 figure does not count. Prints a table and writes
-benchmarks/results/aca_pretrain_<cpu|gpu>.json with the machine description.
+benchmarks/results/aca_pretrain_<device>.json with the machine description.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+
+# The data facts the stage is built on (its duration is fixed by train.steps).
+CATEGORIES = ("bottle",)
+NUM_TRAIN = 200
 
 
 def build(model: str, masking: str, batch: int, ratio: float):
-  from configs import aca as cfg_mod
-  from maskjax import methods
-  c = cfg_mod.get_config("demo" if model == "tiny" else "")
+  c = C.load_config("aca", "demo" if model == "tiny" else "")
   c.method.pretrain.masking = masking
   c.method.pretrain.mask_ratio = ratio
   c.method.pretrain.batch_size = batch
   c.train.steps = 1000
-  method = methods.build_method(c)
-  return c, method, method.stages()[0]
-
-
-def flops_of(compiled):
-  try:
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-      cost = cost[0]
-    return float(cost.get("flops", 0.0)) or None
-  except Exception:  # noqa: BLE001 -- cost analysis is optional
-    return None
-
-
-def _cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor()
+  method, stages = C.build_stages(c, CATEGORIES, NUM_TRAIN)
+  return c, method, stages[0]
 
 
 def main() -> None:
@@ -74,41 +56,31 @@ def main() -> None:
   ap.add_argument("--out", default="")
   args = ap.parse_args()
 
+  mach = C.machine()
   dev = jax.devices()[0]
   runs = {}
   for masking in ("apmask", "none"):
-    c, method, stage = build(args.model, masking, args.batch, args.ratio)
+    c, _, stage = build(args.model, masking, args.batch, args.ratio)
     size = int(c.input.image_size)
-    x = jnp.asarray(np.random.default_rng(0).random((args.batch, size, size, 3), np.float32))
-    batch = {"image": x, "mask": jnp.zeros(x.shape[:3]), "label": jnp.zeros((args.batch,), jnp.int32)}
-    state = jax.jit(stage.init)(jax.random.key(0), None)
-    step = jax.jit(stage.train_step, donate_argnums=(0,))
-    t0 = time.perf_counter()
-    compiled = step.lower(state, batch, jax.random.key(0)).compile()
-    compile_s = time.perf_counter() - t0
-    for i in range(args.warmup):
-      state, m = compiled(state, batch, jax.random.key(i))
-    jax.block_until_ready(state)
-    runs[masking] = dict(config=c, compiled=compiled, state=state, batch=batch,
-                         flops=flops_of(compiled), compile_s=compile_s, times=[],
+    x = np.random.default_rng(0).random((args.batch, size, size, 3), np.float32)
+    ts = C.TrainStep(stage, c)
+    ts.put({"image": x, "mask": np.zeros(x.shape[:3], np.float32),
+            "label": np.zeros((args.batch,), np.int32)})
+    ts.compile()
+    m = ts.run(max(args.warmup, 1))  # at least one step: its metrics give the token counts
+    runs[masking] = dict(config=c, ts=ts, times=[],
                          tokens={k: float(v) for k, v in m.items() if k.startswith("tokens/")})
-  for r in range(args.rounds):
-    for masking, run in runs.items():
-      state = run["state"]
-      t0 = time.perf_counter()
-      for i in range(args.steps):
-        state, m = run["compiled"](state, run["batch"], jax.random.key(100 + i))
-      jax.block_until_ready(state)
-      run["times"].append((time.perf_counter() - t0) / args.steps)
-      run["state"] = state
+  for _ in range(args.rounds):
+    for run in runs.values():
+      run["times"].append(run["ts"].time_block(args.steps))
 
   c = runs["apmask"]["config"]
   rows = []
   for masking, run in runs.items():
     t = float(np.median(run["times"]))
     rows.append({"masking": masking, "steps_per_s": 1.0 / t, "step_ms": 1000 * t,
-                 "images_per_s": args.batch / t, "flops_per_step": run["flops"],
-                 "compile_s": run["compile_s"], "tokens_per_view": run["tokens"],
+                 "images_per_s": args.batch / t, "flops_per_step": run["ts"].flops,
+                 "compile_s": run["ts"].compile_s, "tokens_per_view": run["tokens"],
                  "step_ms_all_rounds": [1000 * v for v in run["times"]]})
   a, n = rows
   rel_time = a["step_ms"] / n["step_ms"]
@@ -119,11 +91,12 @@ def main() -> None:
           f"{p.global_size} + {p.num_global} x {p.global_size} + {p.num_local} x {p.local_size}, "
           f"batch {args.batch}, r = {args.ratio}, attention from {p.attention_source}")
   print(f"ACA pretraining step: {desc}; device {dev.device_kind} ({dev.platform})")
-  print(f"{'masking':<8} {'steps/s':>8} {'ms/step':>9} {'img/s':>8} {'GFLOP/step':>11} tokens/view")
   for r in rows:
-    gf = f"{r['flops_per_step'] / 1e9:.2f}" if r["flops_per_step"] else "-"
-    print(f"{r['masking']:<8} {r['steps_per_s']:8.3f} {r['step_ms']:9.1f} {r['images_per_s']:8.1f} "
-          f"{gf:>11} {r['tokens_per_view']}")
+    r["gflop_per_step"] = r["flops_per_step"] / 1e9 if r["flops_per_step"] else None
+  C.print_table(rows, ["masking", "steps_per_s", "step_ms", "images_per_s", "gflop_per_step",
+                       "tokens_per_view"])
+  for r in rows:
+    r.pop("gflop_per_step")
   print(f"apmask / none: time {rel_time:.3f}" +
         (f", FLOPs {rel_flops:.3f}" if rel_flops else "") + " (paper: ~0.70 of the compute)")
   result = {
@@ -131,19 +104,9 @@ def main() -> None:
       "batch": args.batch, "mask_ratio": args.ratio, "steps_per_round": args.steps,
       "rounds": args.rounds, "warmup": args.warmup, "rows": rows,
       "apmask_over_none_time": rel_time, "apmask_over_none_flops": rel_flops,
-      "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                  "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                  "jax": jax.__version__, "backend": dev.platform,
-                  "device": dev.device_kind, "num_devices": jax.device_count(),
-                  "cpu_model": _cpu_model(), "load_avg_end": list(os.getloadavg())},
-      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "machine": C.machine_end(mach),
   }
-  out = args.out or os.path.join(HERE, "results",
-                                 f"aca_pretrain_{'gpu' if dev.platform == 'gpu' else 'cpu'}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {out}")
+  C.write_json(args.out or C.result_path("aca_pretrain"), result)
 
 
 if __name__ == "__main__":

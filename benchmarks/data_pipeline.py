@@ -7,14 +7,12 @@ Source images are demo-category PNGs rendered at 800x800 (MVTec AD images are
 augmented on the host (random horizontal flip + brightness jitter through
 `random_map`) and batched (batch 16) by `maskjax.data.pipeline.train_dataset`.
 workers = 0 runs in-process (decode threads only); >0 uses grain worker
-processes. Writes benchmarks/results/data_pipeline_cpu.json and prints a table.
+processes. Writes benchmarks/results/data_pipeline_<device>.json and prints a table.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -22,7 +20,8 @@ import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
 from maskjax.config_base import base_config  # noqa: E402
 from maskjax.data import demo, pipeline, sources  # noqa: E402
@@ -48,7 +47,7 @@ def main() -> None:
   ap.add_argument("--num_images", type=int, default=24)
   ap.add_argument("--out", default="")
   args = ap.parse_args()
-  import jax
+  mach = C.machine()
   root = tempfile.mkdtemp(prefix="maskjax-bench-")
   t0 = time.time()
   demo.generate(root, seed=0, image_size=SOURCE_PX, categories=("pill", "tiles"),
@@ -78,23 +77,13 @@ def main() -> None:
     "benchmark": "data_pipeline",
     "what": f"PNG {SOURCE_PX}px decode + resize to {IMAGE_SIZE} + flip/brightness augment + "
             f"batch {BATCH}, images per second",
-    "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                "cpu_count": cpus, "python": platform.python_version(),
-                "jax": jax.__version__, "device": str(jax.devices()[0]),
-                "load_avg_end": list(os.getloadavg())},
+    "machine": C.machine_end(mach),
     "results": rows,
     "per_core_images_per_s": round(best / cpus, 1),
   }
-  print(f"{'workers':>8} {'images':>8} {'seconds':>8} {'images/s':>9}")
-  for r in rows:
-    print(f"{r['workers']:>8} {r['images']:>8} {r['seconds']:>8} {r['images_per_s']:>9}")
+  C.print_table(rows, ["workers", "images", "seconds", "images_per_s"])
   print(f"per core (best / {cpus} cores): {result['per_core_images_per_s']} images/s")
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 "data_pipeline_cpu.json")
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
-  print("wrote", out)
+  C.write_json(args.out or C.result_path("data_pipeline"), result)
   shutil.rmtree(root, ignore_errors=True)
 
 

@@ -13,7 +13,9 @@ Both U-Nets use RIAD's widths (64, 128, 256, 512, 512) and the same image size,
 in the same process, batch 1 (per-image latency) and a larger batch
 (throughput). Reported: median of `--iters` timed calls after one warm-up
 (compile) call, the RIAD / EAR latency ratio next to the paper's 1.86x, and
-images/s.
+images/s. Methods are built on one stated category, "bottle" (Table 1's
+m-hat = 32), with their stages resolved and their states initialised as the
+loop does (`_common.build_stages`, `_common.TrainStep`).
 
   python benchmarks/ear_inference.py [--size 128] [--batch 8] [--iters 5]
       [--out benchmarks/results/ear_inference_cpu.json]
@@ -23,52 +25,38 @@ Default size: 256 (the paper's) on an accelerator, 128 on a CPU.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import os
-import platform
 import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from maskjax.methods import build_method  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
 
 PAPER_MS = {"riad": 366.0, "ear_wo_obf": 156.0, "ear_wo_attn": 37.0, "ear": 197.0}
+CATEGORIES = ("bottle",)      # Table 1 m-hat = 32
+NUM_TRAIN = 209               # MVTec AD bottle's training images
 
 
 def _config(name: str, variant: str, size: int):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config(variant)
+  c = C.load_config(name, variant)
   c.input.image_size = size
   c.train.steps = 1
   return c
 
 
 def _methods(size: int) -> dict:
+  """key -> (config, method, first stage)."""
   out = {}
-  for key, variant in (("ear", "full"), ("ear_wo_obf", "wo_obf"), ("ear_wo_attn", "wo_attn")):
-    m = build_method(_config("ear", variant, size))
-    m.set_categories(["bottle"])      # Table 1 m-hat = 32
-    out[key] = m
-  out["riad"] = build_method(_config("riad", "full", size))
+  for key, name, variant in (("ear", "ear", "full"), ("ear_wo_obf", "ear", "wo_obf"),
+                             ("ear_wo_attn", "ear", "wo_attn"), ("riad", "riad", "full")):
+    c = _config(name, variant, size)
+    m, stages = C.build_stages(c, CATEGORIES, NUM_TRAIN)
+    out[key] = (c, m, stages[0])
   return out
-
-
-def _time(fn, iters: int) -> list[float]:
-  ts = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    ts.append(time.perf_counter() - t0)
-  return ts
 
 
 def main() -> None:
@@ -78,15 +66,13 @@ def main() -> None:
   p.add_argument("--iters", type=int, default=5)
   p.add_argument("--out", default="")
   a = p.parse_args()
+  mach = C.machine()
   backend = jax.default_backend()
   size = a.size or (256 if backend != "cpu" else 128)
-  out_path = a.out or os.path.join(ROOT, "benchmarks", "results", f"ear_inference_{backend}.json")
   rng = np.random.default_rng(0)
-  methods = _methods(size)
   rows = {}
-  for key, m in methods.items():
-    stage = m.stages()[0]
-    state = jax.jit(stage.init)(jax.random.PRNGKey(0), None)
+  for key, (c, m, stage) in _methods(size).items():
+    state = C.TrainStep(stage, c).state        # initialised as the loop does
     score = jax.jit(lambda s, b, m=m: m.score(s, b, {}))
     rows[key] = {}
     for b in sorted({1, a.batch}):
@@ -95,41 +81,37 @@ def main() -> None:
       t0 = time.perf_counter()
       jax.block_until_ready(score(state, batch))
       compile_s = time.perf_counter() - t0
-      ts = _time(lambda: score(state, batch), a.iters)
-      med = float(np.median(ts))
-      rows[key][b] = {"median_s": med, "min_s": float(np.min(ts)), "per_image_ms": 1e3 * med / b,
+      t = C.timeit(lambda score=score, state=state, batch=batch: score(state, batch), 0,
+                   a.iters)
+      med = t["median_s"]
+      rows[key][b] = {"median_s": med, "min_s": t["best_s"], "per_image_ms": 1e3 * med / b,
                       "images_per_s": b / med, "first_call_s": compile_s}
       print(f"{key:<12} batch {b:>3}: {1e3 * med:9.1f} ms/call  {1e3 * med / b:8.1f} ms/image  "
             f"{b / med:8.2f} img/s", flush=True)
   print()
   print(f"size {size}px, backend {backend}, device {jax.devices()[0].device_kind}")
-  print(f"{'model':<12} {'ms/img (b=1)':>13} {f'ms/img (b={a.batch})':>14} "
-        f"{'RIAD/model b=1':>15} {f'RIAD/model b={a.batch}':>15} {'paper ms':>9} {'paper ratio':>12}")
-  ratios = {}
+  table, ratios = [], {}
   for key in ("riad", "ear_wo_obf", "ear_wo_attn", "ear"):
     r1 = rows["riad"][1]["per_image_ms"] / rows[key][1]["per_image_ms"]
     rb = rows["riad"][a.batch]["per_image_ms"] / rows[key][a.batch]["per_image_ms"]
     pr = PAPER_MS["riad"] / PAPER_MS[key]
     ratios[key] = {"batch1": r1, f"batch{a.batch}": rb, "paper": pr}
-    print(f"{key:<12} {rows[key][1]['per_image_ms']:>13.1f} {rows[key][a.batch]['per_image_ms']:>14.1f} "
-          f"{r1:>14.2f}x {rb:>14.2f}x {PAPER_MS[key]:>9.0f} {pr:>11.2f}x")
+    table.append({"model": key, "ms/img b=1": rows[key][1]["per_image_ms"],
+                  f"ms/img b={a.batch}": rows[key][a.batch]["per_image_ms"],
+                  "RIAD/model b=1": r1, f"RIAD/model b={a.batch}": rb,
+                  "paper ms": PAPER_MS[key], "paper ratio": pr})
+  C.print_table(table, list(table[0]))
   result = {
       "benchmark": "ear_inference",
       "what": "jitted Method.score latency: EAR (ViT-S/8 saliency + mosaic + U-Net + MSGMS max) "
               "vs RIAD (12 masks); random weights; U-Net widths 64-512",
-      "image_size": size, "batch": a.batch, "iters": a.iters,
+      "image_size": size, "batch": a.batch, "iters": a.iters, "categories": list(CATEGORIES),
       "results": {k: {str(b): v for b, v in r.items()} for k, r in rows.items()},
       "speedup_vs_riad": ratios,
       "paper_table4_ms": PAPER_MS,
-      "machine": dict(platform=platform.platform(), processor=platform.processor(),
-                      cpu_count=os.cpu_count(), python=platform.python_version(),
-                      jax=jax.__version__, backend=backend,
-                      device=str(jax.devices()[0].device_kind)),
+      "machine": C.machine_end(mach),
   }
-  os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  with open(out_path, "w") as f:
-    json.dump(result, f, indent=2)
-  print("wrote", out_path)
+  C.write_json(a.out or C.result_path("ear_inference"), result)
 
 
 if __name__ == "__main__":

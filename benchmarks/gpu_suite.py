@@ -49,7 +49,7 @@ STEPS = [
       "--train_steps", "1", "--max_iters", "2", "--torch"], 90),
     ("train_step", "train_step",
      ["--methods", "riad,ssm,ear", "--model_from", "full", "--steps", "10", "--warmup", "2"],
-     ["--methods", "riad", "--steps", "1", "--warmup", "0", "--image_size", "16",
+     ["--methods", "riad", "--steps", "1", "--warmup", "0", "--image_size", "32",
       "--batch_size", "1"], 100),
     ("mala_stage1", "mala_train",
      ["--model", "full", "--dtype", "bfloat16", "--batch", "32", "--stages", "stage1",

@@ -1,8 +1,11 @@
 r"""Compile + run time of each demo's jitted stage init, and exact parameter identity.
 
-Each stage's `init` is jitted the way `maskjax.train.CompiledStage.init_from_seed`
-does it (key made inside the function, previous stage's state as argument) and
-timed: trace+lower, XLA compile, run. `--dump FILE.npz` saves every initial
+Each demo's method is built with its stages resolved as the loop does
+(`_common.build_stages`: the demo categories the config selects, `NUM_TRAIN`
+training images each), and each stage's `init` is jitted the way
+`maskjax.train.CompiledStage.init_from_seed` does it (key made inside the
+function, previous stage's state as argument, the CompiledStage's state
+shardings as output shardings) and timed: trace+lower, XLA compile, run. `--dump FILE.npz` saves every initial
 state leaf; `--compare FILE.npz` checks the current code gives bit-identical
 leaves (used to verify that a faster init changes no value).
 
@@ -21,8 +24,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _common as C  # noqa: E402
+from maskjax import mesh as mesh_lib  # noqa: E402
 from maskjax import train  # noqa: E402
-from maskjax.methods import build_method  # noqa: E402
+
+NUM_TRAIN = 16   # training images per category the stages are resolved with
 
 
 def _flat(tree, prefix):
@@ -48,11 +53,15 @@ def main() -> None:
   rows, leaves = [], {}
   for name in [m for m in a.methods.split(",") if m]:
     cfg = C.load_config(name, a.variant)
-    method = build_method(cfg)
+    _, stages = C.build_stages(cfg, C.demo_categories(cfg), NUM_TRAIN)
+    mesh = mesh_lib.make_mesh(cfg.mesh)
     previous = None
-    for index, stage in enumerate(method.stages()):
+    for index, stage in enumerate(stages):
+      abstract_prev = jax.eval_shape(lambda x: x, previous) if previous is not None else None
+      cs = train.CompiledStage(stage, mesh, cfg.mesh, abstract_prev)
       fn = jax.jit(lambda prev, stage=stage, index=index:
-                   stage.init(train.init_key(a.seed, index), prev))
+                   stage.init(train.init_key(a.seed, index), prev),
+                   out_shardings=cs.state_shardings)
       t0 = time.perf_counter()
       lowered = fn.lower(previous)
       t1 = time.perf_counter()

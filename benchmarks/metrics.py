@@ -16,14 +16,13 @@ its own, computes pixel AUROC + AUPRO (FPR 0.3) + pixel F1-max
        pass over all pixels per threshold; when it would run for more than
        --sklearn-aupro-budget seconds it is timed on 8 evenly spaced thresholds
        and extrapolated, and the JSON says so ("aupro_plain_extrapolated").
-Prints a table and writes benchmarks/results/metrics_cpu.json.
+Prints a table and writes benchmarks/results/metrics_<device>.json.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import _common as C  # noqa: E402
 
 
 def make_data(num_maps: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -174,7 +175,7 @@ def main() -> None:
                   help="seconds the plain AUPRO loop may take before it is extrapolated")
   ap.add_argument("--skip-sklearn", action="store_true")
   ap.add_argument("--part", choices=["ours", "sklearn"], default=None, help=argparse.SUPPRESS)
-  ap.add_argument("--out", default=os.path.join(HERE, "results", "metrics_cpu.json"))
+  ap.add_argument("--out", default="", help="default: benchmarks/results/metrics_<device>.json")
   args = ap.parse_args()
   if args.part:
     child(args)
@@ -191,10 +192,10 @@ def main() -> None:
       raise SystemExit(f"{part} run failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
 
+  mach = C.machine()
   ours = spawn("ours")
   sk = None if args.skip_sklearn else spawn("sklearn")
 
-  import jax
   n_pix = args.num_maps * args.size * args.size
   rows = [("maskjax exact (pixel AUROC+AUPRO+F1)", ours["seconds"], ours["peak_rss_gb"],
            ours["pixel_auroc"], ours["aupro"], ours["pixel_f1_max"])]
@@ -231,17 +232,12 @@ def main() -> None:
                "AUPRO (all measured). The per-threshold AUPRO loop is measured in full only when "
                "it fits --sklearn-aupro-budget; otherwise its time is per-threshold time x "
                "number of thresholds (aupro_plain_extrapolated = true)."),
-      "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                  "cpu_count": os.cpu_count(), "numpy": np.__version__,
-                  "jax": jax.__version__, "device": str(jax.devices()[0])},
+      "machine": dict(C.machine_end(mach), numpy=np.__version__),
   }
   if sk:
     import sklearn
     result["machine"]["sklearn"] = sklearn.__version__
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=2)
-  print("wrote", args.out)
+  C.write_json(args.out or C.result_path("metrics"), result)
 
 
 if __name__ == "__main__":

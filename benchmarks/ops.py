@@ -9,7 +9,7 @@ process pinned to one CPU core, BLAS threads 1): Perlin anomaly synthesis
 attention-guided cut-paste (copy and Poisson) samples per second at
 size x size, per wall second and per CPU second of the process (the latter is
 what one dedicated core delivers when the machine is shared). Prints a table
-and writes benchmarks/results/ops_<backend>.json.
+and writes benchmarks/results/ops_<device>.json.
 """
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
   os.environ.setdefault(_v, "1")
 
 import argparse  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
@@ -28,7 +26,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
 from maskjax.ops import cutpaste, gms, perlin, ssim  # noqa: E402
 
@@ -66,7 +65,7 @@ def main():
   ap.add_argument("--out", default="")
   args = ap.parse_args()
   b, s = args.batch, args.size
-  load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
+  mach = C.machine()
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((b, s, s, 3), dtype=np.float32))
   y = jnp.asarray(np.clip(np.asarray(x) + 0.1 * rng.standard_normal(x.shape), 0, 1)
@@ -117,39 +116,22 @@ def main():
     print(f"  {name:32s} {rate:10.1f} samples/s/core (wall), {cpu_rate:.1f} per CPU-second",
           flush=True)
 
-  backend = jax.default_backend()
   result = {
       "benchmark": "ops",
-      "machine": {
-          "platform": platform.platform(),
-          "processor": platform.processor(),
-          "python": platform.python_version(),
-          "cpu_count": os.cpu_count(),
-          "host_ops_pinned_to_cpu": pinned,
-          "jax_version": jax.__version__,
-          "jax_backend": backend,
-          "device": str(jax.devices()[0].device_kind),
-          "device_count": jax.device_count(),
-          "load_average_before_after": [load_before,
-                                        os.getloadavg() if hasattr(os, "getloadavg") else None],
-      },
+      "machine": dict(C.machine_end(mach), host_ops_pinned_to_cpu=pinned),
       "config": {"batch": b, "size": s, "seconds_per_case": args.seconds},
       "results": rows,
       "target": "host synthesis >= 65 samples/s/core (16 cores feed >= 1000 samples/s)",
   }
-  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 f"ops_{backend}.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=2)
+  out = C.write_json(args.out or C.result_path("ops"), result)
   print()
   print(f"{'op':34s} {'kind':12s} {'dtype':9s} {'rate':>10s} {'per CPU-s':>10s}  unit")
   for r in rows:
     cpu = f"{r['items_per_cpu_s']:10.1f}" if "items_per_cpu_s" in r else f"{'':10s}"
     print(f"{r['op']:34s} {r['kind']:12s} {r['dtype']:9s} {r['items_per_s']:10.1f} {cpu}  "
           f"{r['unit']}")
-  print(f"load average before/after: {result['machine']['load_average_before_after']}")
-  print(f"\nwrote {out}")
+  print(f"load average before/after: {mach['load_avg_start']} / "
+        f"{result['machine']['load_avg_end']}; results in {out}")
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def child(argv: list[str]) -> None:
   _mark("python_up")
   sys.path.insert(0, os.path.dirname(HERE))
   import logging
+  from maskjax import evaluate as evaluate_lib
   from maskjax import main as cli
-  from maskjax import train
+  from maskjax import runner
   _mark("imported")
 
   class Marker(logging.Handler):
@@ -64,37 +65,37 @@ def child(argv: list[str]) -> None:
   except Exception:  # noqa: BLE001
     pass
 
+  # evaluation is maskjax.evaluate, called from maskjax.runner: wrap both names
   state = {"split": None, "seen": set()}
-  if hasattr(train, "score_split") and hasattr(train, "evaluate"):
-    orig_eval, orig_split = train.evaluate, train.score_split
+  orig_eval, orig_split = evaluate_lib.evaluate, evaluate_lib.score_split
 
-    def evaluate(config, workdir, method, st, mesh, splits, *a, **k):
-      state["test_records"] = getattr(splits, "test", None)
-      state["val_records"] = getattr(splits, "val", None)
-      return orig_eval(config, workdir, method, st, mesh, splits, *a, **k)
+  def evaluate(config, workdir, method, st, mesh, splits, *a, **k):
+    state["test_records"] = getattr(splits, "test", None)
+    state["val_records"] = getattr(splits, "val", None)
+    return orig_eval(config, workdir, method, st, mesh, splits, *a, **k)
 
-    def score_split(config, method, st, calibration, mesh, records, *a, **k):
-      prev = state["split"]
-      state["split"] = ("test" if records is state.get("test_records") else
-                        "val" if records is state.get("val_records") else "other")
-      try:
-        return orig_split(config, method, st, calibration, mesh, records, *a, **k)
-      finally:
-        state["split"] = prev
-    train.evaluate, train.score_split = evaluate, score_split
-    if hasattr(train, "_gather"):
-      orig_gather = train._gather
+  def score_split(config, method, st, calibration, mesh, records, *a, **k):
+    prev = state["split"]
+    state["split"] = ("test" if records is state.get("test_records") else
+                      "val" if records is state.get("val_records") else "other")
+    try:
+      return orig_split(config, method, st, calibration, mesh, records, *a, **k)
+    finally:
+      state["split"] = prev
+  evaluate_lib.evaluate = runner.evaluate = evaluate
+  evaluate_lib.score_split = score_split
+  orig_gather = evaluate_lib._gather
 
-      def _gather(x):
-        out = orig_gather(x)
-        sp = state["split"]
-        if sp and sp not in state["seen"]:
-          import jax
-          jax.block_until_ready(out)
-          state["seen"].add(sp)
-          _mark(f"first_scored_batch:{sp}")
-        return out
-      train._gather = _gather
+  def _gather(x):
+    out = orig_gather(x)
+    sp = state["split"]
+    if sp and sp not in state["seen"]:
+      import jax
+      jax.block_until_ready(out)
+      state["seen"].add(sp)
+      _mark(f"first_scored_batch:{sp}")
+    return out
+  evaluate_lib._gather = _gather
   sys.argv = ["maskjax.main"] + argv
   try:
     cli.run()

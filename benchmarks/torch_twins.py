@@ -50,7 +50,8 @@ from flax import nnx  # noqa: E402
 import torch_reference as tr  # noqa: E402
 import torch_unets as tu  # noqa: E402
 from maskjax import train_utils, weights as W  # noqa: E402
-from maskjax.models import ear_unet, mae as mae_lib, unet, vit  # noqa: E402
+from maskjax.methods.ear import unet as ear_unet  # noqa: E402
+from maskjax.models import mae as mae_lib, unet, vit  # noqa: E402
 from maskjax.weights import convert  # noqa: E402
 
 ALL = ("riad_unet", "ssm_unet", "ear_unet", "dino_vit_s8_saliency", "vit_s16", "mae_vit_l16")
@@ -393,8 +394,6 @@ def bench_pair(name: str, a, device) -> list[dict]:
           + (f"{r['img_per_s']:9.2f} img/s" if r.get("img_per_s") else f" ERROR {r.get('error')}")
           + (f"   ratio {r['ratio_vs_pytorch']:.2f}x" if r.get("ratio_vs_pytorch") else ""),
           flush=True)
-  del pair, tmodel
-  gc.collect()
   return rows
 
 
@@ -452,6 +451,11 @@ def main(argv=None) -> dict:
     except Exception as e:  # noqa: BLE001 - one model failing does not hide the others
       failures[name] = f"{type(e).__name__}: {e}"[:500]
       print(f"{name}: FAILED {failures[name]}", flush=True)
+    # the pair's models, states and closures die with bench_pair's frame: free them
+    # (and their device memory) before the next model
+    gc.collect()
+    if device.type == "cuda":
+      torch.cuda.empty_cache()
   out = a.out or C.result_path("torch_twins")
   if a.merge and os.path.exists(out):
     with open(out) as f:

@@ -7,41 +7,32 @@ unit: images -> last-block attention -> CLS saliency map [B, 28, 28]
 Checks that both give the same maps first. On a GPU it also times bf16
 compute (float32 params) for maskjax.
 
-  python benchmarks/vit.py [--batch 8] [--iters 3] [--out benchmarks/results/vit_cpu.json]
+  python benchmarks/vit.py [--batch 8] [--iters 3] [--out benchmarks/results/vit_<device>.json]
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-import torch
-from flax import nnx
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common as C  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(C.ROOT, "tests"))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from flax import nnx  # noqa: E402
+
 import torch_reference as tr  # noqa: E402
 
 from maskjax import weights as W  # noqa: E402
 from maskjax.models import vit  # noqa: E402
 from maskjax.weights import convert  # noqa: E402
-
-
-def _time(fn, iters: int) -> list[float]:
-  out = []
-  for _ in range(iters):
-    t0 = time.perf_counter()
-    fn()
-    out.append(time.perf_counter() - t0)
-  return out
 
 
 def main() -> None:
@@ -51,8 +42,8 @@ def main() -> None:
   p.add_argument("--size", type=int, default=224)
   p.add_argument("--out", default="")
   a = p.parse_args()
+  mach = C.machine()
   backend = jax.default_backend()
-  out_path = a.out or os.path.join(ROOT, "benchmarks", "results", f"vit_{backend}.json")
 
   torch.manual_seed(0)
   ref = tr.VisionTransformer(patch=8, dim=384, depth=12, heads=6).eval()
@@ -89,32 +80,21 @@ def main() -> None:
   for name, model in models.items():
     if name != "float32":
       jax_maps(model, x_j).block_until_ready()
-    ts = _time(lambda: jax_maps(model, x_j).block_until_ready(), a.iters)
+    t = C.timeit(lambda model=model: jax_maps(model, x_j), 0, a.iters)
     rows.append(dict(impl="maskjax", dtype=name, device=str(jax.devices()[0]),
-                     batch=a.batch, best_s=min(ts), images_per_s=a.batch / min(ts)))
-  ts = _time(lambda: torch_maps(x_t), a.iters)
-  rows.append(dict(impl="pytorch", dtype="float32", device="cpu", batch=a.batch, best_s=min(ts),
-                   images_per_s=a.batch / min(ts)))
+                     batch=a.batch, best_s=t["best_s"], images_per_s=a.batch / t["best_s"]))
+  t = C.timeit(lambda: torch_maps(x_t), 0, a.iters, sync=lambda out: out)
+  rows.append(dict(impl="pytorch", dtype="float32", device="cpu", batch=a.batch,
+                   best_s=t["best_s"], images_per_s=a.batch / t["best_s"]))
 
   print(f"ViT-S/8 at {a.size}x{a.size}, batch {a.batch}, best of {a.iters}; "
         f"maps agree to {max_rel:.2e} (max rel); maskjax compile {compile_s:.1f} s")
-  print(f"{'impl':<10}{'dtype':<10}{'device':<14}{'s/batch':>10}{'images/s':>12}")
-  for r in rows:
-    print(f"{r['impl']:<10}{r['dtype']:<10}{r['device']:<14}{r['best_s']:>10.3f}"
-          f"{r['images_per_s']:>12.2f}")
+  C.print_table(rows, ["impl", "dtype", "device", "best_s", "images_per_s"])
   result = dict(
       benchmark="vit_s8_attention_map_throughput", image_size=a.size, batch=a.batch,
       iters=a.iters, max_rel_diff_maps=max_rel, maskjax_compile_s=compile_s, rows=rows,
-      machine=dict(platform=platform.platform(), processor=platform.processor(),
-                   cpu_count=os.cpu_count(), python=platform.python_version(),
-                   jax=jax.__version__, jax_backend=backend,
-                   jax_devices=[str(dv) for dv in jax.devices()], torch=torch.__version__,
-                   torch_threads=torch.get_num_threads(),
-                   load_avg=os.getloadavg() if hasattr(os, "getloadavg") else None))
-  os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  with open(out_path, "w") as f:
-    json.dump(result, f, indent=2)
-  print(f"wrote {out_path}")
+      machine=C.machine_end(mach))
+  C.write_json(a.out or C.result_path("vit"), result)
 
 
 if __name__ == "__main__":

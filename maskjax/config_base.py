@@ -183,7 +183,7 @@ def validate(config) -> None:
       bad.append(f"config.{key}={v!r} is not one of {', '.join(choices)}")
   for key, (lo, hi, lo_in, hi_in) in _RANGES.items():
     v = _lookup(config, key)
-    if v is _MISSING:
+    if v is _MISSING or v is None:   # None: a per-stage key decides (multi-stage methods)
       continue
     if isinstance(v, bool) or not isinstance(v, (int, float)):
       bad.append(f"config.{key}={v!r} must be a number")

@@ -186,7 +186,7 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
                                               baseline=base)
     results.update(report_json=str(json_path), report_md=str(md_path))
     _write_test_scores(os.path.join(out_dir, "scores.csv"), splits, test, stats)
-    if config.eval.get("plots", True):
+    if config.eval.plots:
       _plots(config, out_dir, splits, test)
     last = max([v["steps"] or 0 for v in run_info["stages_trained"].values()] or [0])
     figures = sorted(glob.glob(os.path.join(out_dir, "**", "*.png"), recursive=True))[:4]

@@ -131,8 +131,8 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
   if abstract_previous is None and previous_state is not None:
     abstract_previous = jax.eval_shape(lambda x: x, previous_state)
   cs = CompiledStage(stage, mesh, config.mesh, abstract_previous)
-  ckpt = ckpt_lib.StageCheckpointer(ckpt_dir, max_to_keep=int(tcfg.get("keep_checkpoints", 2)),
-                                    async_save=bool(tcfg.get("async_checkpoint", True)))
+  ckpt = ckpt_lib.StageCheckpointer(ckpt_dir, max_to_keep=int(tcfg.keep_checkpoints),
+                                    async_save=bool(tcfg.async_checkpoint))
   try:
     latest = ckpt.latest_step()
     if latest is not None and latest >= stage.steps:
@@ -160,11 +160,11 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
                          stage.steps, stage.batch_size)
     last_good = latest
     key = cs.stage_key(int(config.seed), stage_index)
-    log_every = max(int(tcfg.get("log_every", 10)), 1)
-    ckpt_every = max(int(tcfg.get("checkpoint_every", 0)), 0)
+    log_every = max(int(tcfg.log_every), 1)
+    ckpt_every = max(int(tcfg.checkpoint_every), 0)
     logger = logging_utils.MetricLogger(workdir, stage=stage.name, total_steps=stage.steps,
                                         start_step=step,
-                                        progress_bar=bool(tcfg.get("progress_bar", True)),
+                                        progress_bar=bool(tcfg.progress_bar),
                                         later_steps=later_steps)
     pending: list[tuple[int, dict]] = []
     first = True

@@ -32,32 +32,32 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
     lr_t = end_lr + (lr - end_lr) (1 + cos(pi (t mod P) / P)) / 2, P = sgdr_period.
   """
   lr = float(optim_cfg.lr)
-  name = optim_cfg.get("schedule", "constant")
+  name = optim_cfg.schedule
   if name == "constant":
     return optax.constant_schedule(lr)
   if name == "step":
-    every = int(optim_cfg.get("decay_every", 0))
+    every = int(optim_cfg.decay_every)
     if every <= 0:
       raise ConfigError(f"config.optim.decay_every must be > 0 for schedule 'step' (got {every})")
     return optax.exponential_decay(lr, transition_steps=every,
-                                   decay_rate=float(optim_cfg.get("decay_factor", 0.5)),
+                                   decay_rate=float(optim_cfg.decay_factor),
                                    staircase=True)
   if name == "warmup_cosine":
-    warmup = int(optim_cfg.get("warmup_steps", 0))
+    warmup = int(optim_cfg.warmup_steps)
     return optax.warmup_cosine_decay_schedule(
-        init_value=float(optim_cfg.get("warmup_init_lr", 0.0)), peak_value=lr,
+        init_value=float(optim_cfg.warmup_init_lr), peak_value=lr,
         warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1),
-        end_value=float(optim_cfg.get("end_lr", 0.0)))
+        end_value=float(optim_cfg.end_lr))
   if name == "warmup":
-    warm = int(optim_cfg.get("warmup_steps", 0))
-    init = float(optim_cfg.get("warmup_init_lr", 0.0))
+    warm = int(optim_cfg.warmup_steps)
+    init = float(optim_cfg.warmup_init_lr)
     return optax.join_schedules(
         [optax.linear_schedule(init, lr, max(warm, 1)), optax.constant_schedule(lr)], [warm])
   if name == "sgdr":
-    period = int(optim_cfg.get("sgdr_period", 0))
+    period = int(optim_cfg.sgdr_period)
     if period <= 0:
       raise ConfigError(f"config.optim.sgdr_period must be > 0 for schedule 'sgdr' (got {period})")
-    end = float(optim_cfg.get("end_lr", 0.0))
+    end = float(optim_cfg.end_lr)
     return lambda t: end + (lr - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * jnp.mod(t, period) / period))
   raise ConfigError(f"unknown config.optim.schedule {name!r}; known: constant, step, "
                     "warmup_cosine, warmup, sgdr")
@@ -74,12 +74,12 @@ def make_optimizer(optim_cfg, total_steps: int,
   (`optax.multi_transform` with `set_to_zero`).
   """
   sched = make_schedule(optim_cfg, total_steps)
-  name = optim_cfg.get("name", "adam")
-  wd = float(optim_cfg.get("weight_decay", 0.0))
-  b1, b2, eps = float(optim_cfg.get("b1", 0.9)), float(optim_cfg.get("b2", 0.999)), float(
-      optim_cfg.get("eps", 1e-8))
+  name = optim_cfg.name
+  wd = float(optim_cfg.weight_decay)
+  b1, b2, eps = float(optim_cfg.b1), float(optim_cfg.b2), float(
+      optim_cfg.eps)
   parts = []
-  clip = float(optim_cfg.get("grad_clip", 0.0))
+  clip = float(optim_cfg.grad_clip)
   if clip > 0:
     parts.append(optax.clip_by_global_norm(clip))
   if name == "adam":
@@ -90,7 +90,7 @@ def make_optimizer(optim_cfg, total_steps: int,
   elif name == "adamw":
     parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=wd))
   elif name == "sgd":
-    parts.append(optax.sgd(sched, momentum=float(optim_cfg.get("momentum", 0.9))))
+    parts.append(optax.sgd(sched, momentum=float(optim_cfg.momentum)))
   else:
     raise ConfigError(f"unknown config.optim.name {name!r}; known: adam, adamw, sgd")
   tx = optax.chain(*parts)
@@ -176,7 +176,7 @@ def apply_updates(tx: optax.GradientTransformation, params: PyTree, opt_state: P
 
 
 def compute_dtype(train_cfg) -> jnp.dtype:
-  name = train_cfg.get("compute_dtype", "float32")
+  name = train_cfg.compute_dtype
   if name not in ("float32", "bfloat16"):
     raise ConfigError(f"config.train.compute_dtype must be 'float32' or 'bfloat16' (got {name!r})")
   return jnp.bfloat16 if name == "bfloat16" else jnp.float32

@@ -106,3 +106,18 @@ def test_no_duration_names_the_keys():
   info = stage_helpers.data_info(c)
   with pytest.raises(ConfigError, match=r"train\.steps.*epochs"):
     train_state.resolve_stages(build_method(c, info), c)
+
+
+@pytest.mark.parametrize("name", ["riad", "ssm", "ear", "aca", "mala"])
+def test_global_overrides_reach_every_stage(name, dataset):
+  """optim.lr, input.batch_size, train.epochs set globally apply to every stage,
+  also of the methods whose stages have their own keys."""
+  c = configs.get_config(name)
+  info = _info(c, dataset)
+  c.optim.lr, c.input.batch_size, c.train.epochs = 0.0123, 6, 3
+  stages = train_state.resolve_stages(build_method(c, info), c)
+  for s in stages:
+    assert s.batch_size == 6
+    assert durations.optimizer_config(s, c).lr == pytest.approx(0.0123)
+    per_epoch = math.ceil((s.duration.samples_per_category * 3 or 90) / 6)
+    assert s.steps == 3 * per_epoch, s.name

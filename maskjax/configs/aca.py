@@ -60,6 +60,7 @@ Decisions where the paper is silent (see maskjax/methods/aca.py):
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from maskjax import config_base
 from maskjax.errors import ConfigError
@@ -74,7 +75,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # -- data ---------------------------------------------------------------------
   c.input.format = "mvtec"
   c.input.image_size = 224
-  c.input.batch_size = 16
+  # Per-stage settings (method.<stage>.lr / batch_size / epochs) apply unless
+  # these global keys are set: then every stage uses the global value.
+  c.optim.lr = config_dict.placeholder(float)          # None: each stage's lr; set: every stage
+  c.input.batch_size = config_dict.placeholder(int)    # None: each stage's batch; set: every stage
+  c.train.epochs = config_dict.placeholder(int)        # None: each stage's epochs; set: every stage
   c.input.eval_batch_size = 8
 
   # -- model ------------------------------------------------------------------------
@@ -139,7 +144,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "demo" in variants:
     c.input.categories = ("*",)
     c.input.image_size = 64
-    c.input.batch_size = 32
     c.input.eval_batch_size = 32
     c.model.backbone = "vit_tiny_patch8"
     c.model.backbone_overrides.dim = 96      # ViT width (vit_tiny_patch8 has 192)

@@ -85,6 +85,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method.spectral_blur_sigma = 2.5            # spectral residual: Gaussian blur sigma (work px)
   # fit_mosaic: training normals per category used for r10 (0 = all)
   c.method.fit_max_images = 64
+  c.method.category_groups = ml_collections.ConfigDict()  # fit_mosaic: category -> fit group ("all" when absent)
   c.method.fit_from = ""                        # a mosaic.json whose fit predicts new categories
 
   # -- optimiser ----------------------------------------------------------------

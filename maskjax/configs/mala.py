@@ -61,6 +61,7 @@ Decisions where the paper is silent (see maskjax/methods/mala.py):
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from maskjax import config_base
 from maskjax.errors import ConfigError
@@ -77,7 +78,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.format = "multi"
   c.input.categories = ("mvtec/*", "visa/*")
   c.input.image_size = 224
-  c.input.batch_size = 128
+  # Per-stage settings (method.<stage>.lr / batch_size / epochs) apply unless
+  # these global keys are set: then every stage uses the global value.
+  c.optim.lr = config_dict.placeholder(float)          # None: each stage's lr; set: every stage
+  c.input.batch_size = config_dict.placeholder(int)    # None: each stage's batch; set: every stage
+  c.train.epochs = config_dict.placeholder(int)        # None: each stage's epochs; set: every stage
   c.input.eval_batch_size = 32
 
   # -- model ----------------------------------------------------------------
@@ -161,7 +166,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.method.score_kernel = 5
     c.method.stage1.batch_size = 4
     c.method.stage2.batch_size = 4
-    c.input.batch_size = 4
     c.input.eval_batch_size = 8
     c.train.steps = 2
     c.train.log_every = 1
@@ -192,7 +196,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.method.stage2.batch_size = 32
     c.method.stage2.base_lr = 8e-3              # lr 1e-3
     c.method.stage2.local_prob = 0.8            # the demo's defects lie on the object
-    c.input.batch_size = 32
     c.optim.weight_decay = 0.05
     c.train.log_every = 20
     c.train.checkpoint_every = 100

@@ -214,6 +214,15 @@ class Method:
   def stages(self) -> list[Stage]:
     raise NotImplementedError
 
+  def stage_setting(self, key: str, stage_value):
+    """A stage's own value for the global `key` ("optim.lr", "input.batch_size",
+    "train.epochs"), unless the config sets that global key (multi-stage
+    configs leave it None): then the global value, so an override on the
+    command line reaches every stage."""
+    section, name = key.split(".")
+    value = self.config[section][name]
+    return stage_value if value is None else value
+
   # -- calibration ------------------------------------------------------------
   def calibrate(self, state: PyTree, val_batches: Iterable[Batch]) -> dict:
     """Statistics computed on the validation split of training normals after

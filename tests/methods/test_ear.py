@@ -282,8 +282,10 @@ def test_sweep_grid_is_table_2():
 
 def test_sgdr_and_warmup_schedules():
   from maskjax.train_utils import make_optimizer as make_tx
-  cfg = ml_collections.ConfigDict({"name": "sgd", "lr": 0.1, "momentum": 0.0, "schedule": "sgdr",
-                                   "sgdr_period": 4, "end_lr": 0.0})
+  from maskjax import config_base
+  cfg = config_base.base_config().optim   # the full schema: no key left to a default
+  cfg.update({"name": "sgd", "lr": 0.1, "momentum": 0.0, "schedule": "sgdr", "sgdr_period": 4,
+              "end_lr": 0.0})
   tx = make_tx(cfg, 10)
   p = jnp.zeros(())
   st = tx.init(p)

@@ -254,7 +254,7 @@ class Aca(Method):
     if self.fine.synthesis not in SYNTHESES:
       raise ConfigError(f"config.method.finetune.synthesis={self.fine.synthesis!r}; known: "
                         f"{', '.join(SYNTHESES)}")
-    if self.fine.get("guide", "pretrained") not in GUIDES:
+    if self.fine.guide not in GUIDES:
       raise ConfigError(f"config.method.finetune.guide={self.fine.guide!r}; known: "
                         f"{', '.join(GUIDES)}")
     if not 0.0 <= float(self.pre.mask_ratio) < 1.0:
@@ -264,7 +264,7 @@ class Aca(Method):
       raise ConfigError(f"config.model.backbone={name!r}; known: "
                         f"{', '.join(sorted(vit_lib.VIT_CONFIGS))}")
     kw = dict(vit_lib.VIT_CONFIGS[name])
-    kw.update(dict(config.model.get("backbone_overrides", {}) or {}))
+    kw.update(dict(config.model.backbone_overrides))
     self.vit_kw = kw
     self.patch = int(kw["patch"])
     self.img = int(config.input.image_size)
@@ -327,29 +327,38 @@ class Aca(Method):
     """`config.optim` with the stage's lr and warm-up (epochs, or a fraction of
     fixed steps; converted by the loop)."""
     o = ml_collections.ConfigDict(self.config.optim.to_dict())
-    o.lr = float(scfg.lr)
+    o.lr = float(self.stage_setting("optim.lr", scfg.lr))
     o.warmup_epochs = int(scfg.warmup_epochs)
     o.warmup_fraction = float(scfg.warmup_fraction)
     return o
 
+  def _duration(self, scfg) -> Duration:
+    return Duration(steps=int(scfg.steps),
+                    epochs=int(self.stage_setting("train.epochs", scfg.epochs)))
+
+  def _batch_key(self, stage_key: str) -> str:
+    return "input.batch_size" if self.config.input.batch_size is not None else stage_key
+
+  def _batch(self, scfg) -> int:
+    return int(self.stage_setting("input.batch_size", scfg.batch_size))
+
   def stages(self) -> list[Stage]:
     out = []
     if bool(self.config.method.use_pretrain):
-      pre = Stage("pretrain", Duration(steps=int(self.pre.steps), epochs=int(self.pre.epochs)),
-                  int(self.pre.batch_size), self._stage_optim(self.pre),
+      pre = Stage("pretrain", self._duration(self.pre), self._batch(self.pre),
+                  self._stage_optim(self.pre),
                   init_model=self.init_pretrain, loss_fn=self.loss_pretrain,
-                  prepare=self.prepare_pretrain, batch_key="method.pretrain.batch_size",
+                  prepare=self.prepare_pretrain, batch_key=self._batch_key("method.pretrain.batch_size"),
                   after_update=lambda *a: self.after_update_pretrain(*a, stage=pre))
       out.append(pre)
     host = None
     if self.fine.synthesis == "host":
       host = HostCutPaste(float(self.fine.anomaly_prob), bool(self.fine.poisson))
-    out.append(Stage("finetune", Duration(steps=int(self.fine.steps),
-                                          epochs=int(self.fine.epochs)),
-                     int(self.fine.batch_size), self._stage_optim(self.fine),
+    out.append(Stage("finetune", self._duration(self.fine), self._batch(self.fine),
+                     self._stage_optim(self.fine),
                      init_model=self.init_finetune, loss_fn=self.loss_finetune,
                      prepare=self.prepare_finetune, host_transform=host,
-                     batch_key="method.finetune.batch_size"))
+                     batch_key=self._batch_key("method.finetune.batch_size")))
     return out
 
   # -- stage 1 -----------------------------------------------------------------------
@@ -480,7 +489,7 @@ class Aca(Method):
     kp, kc = jax.random.split(key)
     keys = jax.random.split(kc, b)
     fn = lambda k, im, a: cutpaste_one(k, im, a, temperature=float(self.fine.temperature),
-                                       jitter=float(self.fine.get("jitter", 0.1)))
+                                       jitter=float(self.fine.jitter))
     pasted, mask = jax.vmap(fn)(keys, x01, att)
     do = jax.random.uniform(kp, (b,)) < float(self.fine.anomaly_prob)
     mask = mask * do[:, None, None]
@@ -526,7 +535,7 @@ class Aca(Method):
             "decision": majority_vote(probs)}
 
   def describe(self) -> dict:
-    init = str(self.config.model.get("init_from", "") or "") or (
+    init = str(self.config.model.init_from) or (
         "random (config.model.init_from is empty; no pretrained weights)")
     p, f = self.pre, self.fine
     d = {"init": init,
@@ -536,7 +545,7 @@ class Aca(Method):
          "synthesis": (f"device attention-guided cut-paste (p={f.anomaly_prob})"
                        if f.synthesis == "device" else
                        f"host cut-paste, uniform location, poisson={bool(f.poisson)}"),
-         "compute_dtype": str(self.config.train.get("compute_dtype", "float32"))}
+         "compute_dtype": str(self.config.train.compute_dtype)}
     if self.config.method.use_pretrain:
       d["pretrain"] = (f"masking={p.masking} r={p.mask_ratio} (attention from "
                        f"{p.attention_source}), views 1 teacher {self.gsize}px + "

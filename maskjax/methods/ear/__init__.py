@@ -78,30 +78,30 @@ class Ear(Method):
     if self.size % 32:
       raise ConfigError(f"ear: config.input.image_size={self.size} must be a multiple of 32 "
                         "(5 stride-2 blocks of the EAR U-Net)")
-    self.widths = tuple(int(w) for w in mo.get("unet_widths", (64, 128, 256, 512, 512)))
-    self.kernel_size = int(mo.get("kernel_size", 3))
-    self.negative_slope = float(mo.get("negative_slope", 0.01))
-    self.source = str(m.get("saliency_source", "vit"))
+    self.widths = tuple(int(w) for w in mo.unet_widths)
+    self.kernel_size = int(mo.kernel_size)
+    self.negative_slope = float(mo.negative_slope)
+    self.source = str(m.saliency_source)
     if self.source not in core.SALIENCY_SOURCES:
       raise ConfigError(f"config.method.saliency_source = {self.source!r}; known: "
                         f"{', '.join(core.SALIENCY_SOURCES)}")
-    self.obfuscation = str(m.get("obfuscation", "mosaic"))
+    self.obfuscation = str(m.obfuscation)
     if self.obfuscation not in core.OBFUSCATIONS:
       raise ConfigError(f"config.method.obfuscation = {self.obfuscation!r}; known: "
                         f"{', '.join(core.OBFUSCATIONS)}")
-    self.use_attention = bool(m.get("use_attention", True))
-    self.sigma = float(m.get("threshold_sigma", core.Q3_SIGMA))
-    self.mosaic_mode = str(m.get("mosaic", "m_hat"))
+    self.use_attention = bool(m.use_attention)
+    self.sigma = float(m.threshold_sigma)
+    self.mosaic_mode = str(m.mosaic)
     if self.mosaic_mode not in core.MOSAIC_MODES:
       raise ConfigError(f"config.method.mosaic = {self.mosaic_mode!r}; known: "
                         f"{', '.join(core.MOSAIC_MODES)}")
-    self.msgms_scales = int(m.get("msgms_scales", 3))
-    w = m.get("loss_weights", None)
+    self.msgms_scales = int(m.msgms_scales)
+    w = m.loss_weights
     self.w = ({"l2": float(w.l2), "ssim": float(w.ssim), "msgms": float(w.msgms)} if w is not None
               else {"l2": 1 / 3, "ssim": 1 / 3, "msgms": 1 / 3})
-    self.use_lamp = bool(m.get("lamp", True))
-    self.sr_work_size = int(m.get("spectral_work_size", 64))
-    self.sr_sigma = float(m.get("spectral_blur_sigma", 2.5))
+    self.use_lamp = bool(m.lamp)
+    self.sr_work_size = int(m.spectral_work_size)
+    self.sr_sigma = float(m.spectral_blur_sigma)
     self.dtype = train_utils.compute_dtype(config.train)
     self.f = train_utils.Functional(nnx.eval_shape(lambda: self._unet(nnx.Rngs(0))))
     self._categories: list[str] = list(data.categories)
@@ -120,8 +120,8 @@ class Ear(Method):
   def _vit(self, rngs: nnx.Rngs):
     from maskjax.models import vit
     mo = self.config.model
-    overrides = dict(mo.get("saliency_overrides", {}) or {})
-    return vit.build_vit(str(mo.get("saliency_arch", "vit_small_patch8")), img_size=self.size,
+    overrides = dict(mo.saliency_overrides)
+    return vit.build_vit(str(mo.saliency_arch), img_size=self.size,
                          rngs=rngs, **overrides)
 
   def _setup_vit(self) -> None:
@@ -146,7 +146,7 @@ class Ear(Method):
     return self._categories
 
   def mosaic_file(self) -> str:
-    path = str(self.config.method.get("mosaic_file", "") or "")
+    path = str(self.config.method.mosaic_file)
     if not path and self.workdir:
       path = os.path.join(str(self.workdir), "mosaic.json")
     return path
@@ -156,7 +156,7 @@ class Ear(Method):
     if self._scales is not None:
       return self._scales
     m = self.config.method
-    fixed = int(m.get("mosaic_m", 8))
+    fixed = int(m.mosaic_m)
     if self.mosaic_mode == "fixed":
       self._scales = np.asarray([fixed], np.int32)
       self._scale_sources = {"*": f"{fixed}: fixed (config.method.mosaic_m)"}
@@ -174,7 +174,7 @@ class Ear(Method):
                           "the mosaic.json written by maskjax.methods.ear.fit_mosaic") from None
     self._scales, self._scale_sources = core.category_scales(
         self.categories(), self.mosaic_mode, fixed_m=fixed,
-        fallback_m=int(m.get("mosaic_fallback", 8)), use_table=bool(m.get("mosaic_table", True)),
+        fallback_m=int(m.mosaic_fallback), use_table=bool(m.mosaic_table),
         estimated=estimated)
     logging.info("ear: mosaic scales per category: %s", self._scale_sources)
     return self._scales

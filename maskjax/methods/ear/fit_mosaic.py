@@ -125,10 +125,10 @@ def run(config, workdir: str) -> dict:
   method = build_method(config, data_info.from_splits(splits, config))
   r10n = compute_r10(method, config, splits, data)
   r10 = {c: v for c, (v, _) in r10n.items()}
-  use_table = bool(config.method.get("mosaic_table", True))
+  use_table = bool(config.method.mosaic_table)
   fits = fit_groups(r10, use_table=use_table)
   fit_source = "data" if fits else None
-  fit_from = str(config.method.get("fit_from", "") or "")
+  fit_from = str(config.method.fit_from)
   if not fits and fit_from:
     try:
       with open(fit_from) as f:
@@ -137,7 +137,7 @@ def run(config, workdir: str) -> dict:
       raise ConfigError(f"config.method.fit_from: cannot read a fit from {fit_from!r} ({e}); "
                         "expected a mosaic.json written by this command") from None
     fit_source = fit_from
-  groups = dict(config.method.get("category_groups", {}) or {})
+  groups = dict(config.method.category_groups)
   est = estimate(r10, fits, cap=int(config.input.image_size), groups=groups,
                  use_table=use_table)
   result = {

@@ -218,7 +218,7 @@ class Mala(Method):
       raise ConfigError(f"config.model.encoder={enc_name!r}; known: "
                         f"{', '.join(sorted(vit_lib.VIT_CONFIGS))}")
     enc_kw = dict(vit_lib.VIT_CONFIGS[enc_name])
-    enc_kw.update(dict(config.model.get("encoder_overrides", {}) or {}))
+    enc_kw.update(dict(config.model.encoder_overrides))
     self.patch = int(enc_kw["patch"])
     if self.img % self.patch:
       raise ConfigError(f"config.input.image_size={self.img} must be a multiple of the "
@@ -261,8 +261,14 @@ class Mala(Method):
 
   # -- optimisers ----------------------------------------------------------------
   def _lr(self, stage_cfg) -> float:
-    lr = float(stage_cfg.lr)
-    return lr if lr > 0 else float(stage_cfg.base_lr) * int(stage_cfg.batch_size) / 256.0
+    lr = float(self.stage_setting("optim.lr", stage_cfg.lr))
+    return lr if lr > 0 else float(stage_cfg.base_lr) * self._batch(stage_cfg) / 256.0
+
+  def _batch_key(self, stage_key: str) -> str:
+    return "input.batch_size" if self.config.input.batch_size is not None else stage_key
+
+  def _batch(self, stage_cfg) -> int:
+    return int(self.stage_setting("input.batch_size", stage_cfg.batch_size))
 
   def _optim_cfg(self, lr: float):
     o = ml_collections.ConfigDict(self.config.optim.to_dict())
@@ -277,7 +283,7 @@ class Mala(Method):
     return train_utils.make_optimizer(self._optim_cfg(lr), steps)
 
   def _duration(self, stage_cfg) -> Duration:
-    return Duration(epochs=int(stage_cfg.epochs),
+    return Duration(epochs=int(self.stage_setting("train.epochs", stage_cfg.epochs)),
                     samples_per_category=int(stage_cfg.samples_per_category))
 
   def stages(self) -> list[Stage]:
@@ -291,24 +297,24 @@ class Mala(Method):
     out = []
     if m.use_stage1:
       s1 = m.stage1
-      stage1 = Stage("stage1", self._duration(s1), int(s1.batch_size), self._stage_optim(s1),
+      stage1 = Stage("stage1", self._duration(s1), self._batch(s1), self._stage_optim(s1),
                      init_model=lambda rng, prev: self.init_stage1(rng, prev, stage1),
                      loss_fn=self.loss_stage1, prepare=self.prepare_stage1,
                      after_update=lambda *a: self.after_update_stage1(*a, stage=stage1),
-                     batch_key="method.stage1.batch_size")
+                     batch_key=self._batch_key("method.stage1.batch_size"))
       out.append(stage1)
     if m.scoring == "end_to_end":
       s2 = m.stage2
-      out.append(Stage("stage2", self._duration(s2), int(s2.batch_size), self._stage_optim(s2),
+      out.append(Stage("stage2", self._duration(s2), self._batch(s2), self._stage_optim(s2),
                        init_model=self.init_stage2, loss_fn=self.loss_stage2,
                        host_transform=self.host_transform(),
-                       batch_key="method.stage2.batch_size"))
+                       batch_key=self._batch_key("method.stage2.batch_size")))
     return out
 
   def host_transform(self) -> PerlinTransform:
     if self._host_transform is None:
       s2 = self.config.method.stage2
-      self._host_transform = PerlinTransform(str(self.config.input.get("texture_dir", "")),
+      self._host_transform = PerlinTransform(str(self.config.input.texture_dir),
                                              float(s2.anomaly_prob), float(s2.local_prob))
     return self._host_transform
 
@@ -484,13 +490,13 @@ class Mala(Method):
 
   def describe(self) -> dict:
     m = self.config.method
-    init = str(self.config.model.get("init_from", "") or "") or "random (no checkpoint)"
+    init = str(self.config.model.init_from) or "random (no checkpoint)"
     d = {"init": init,
          "encoder": f"{self.config.model.encoder} {self.enc_kw} at {self.img} px",
          "stages": ("stage1 + " if m.use_stage1 else "") +
                    ("stage2" if m.scoring == "end_to_end" else "(reconstruction scoring)"),
          "plpm": bool(m.use_plpm), "tbm": bool(m.use_tbm),
-         "compute_dtype": str(self.config.train.get("compute_dtype", "float32")),
+         "compute_dtype": str(self.config.train.compute_dtype),
          "sampling": (f"balanced: {int(m.stage1.samples_per_category)} (stage 1) / "
                       f"{int(m.stage2.samples_per_category)} (stage 2) images per category "
                       "per epoch")}

@@ -56,15 +56,15 @@ class Riad(Method):
     m = config.method
     self.ks = tuple(int(k) for k in m.ks)
     self.widths = tuple(int(w) for w in config.model.widths)
-    self.upsample = str(config.model.get("upsample", "transpose"))
+    self.upsample = str(config.model.upsample)
     self.size = check_geometry(config, self.ks, self.widths, "riad")
-    self.num_masks = int(m.get("num_masks", 3))
+    self.num_masks = int(m.num_masks)
     w = m.loss_weights
     self.w = {"l2": float(w.l2), "ssim": float(w.ssim), "msgms": float(w.msgms)}
-    self.msgms_variant = str(m.get("msgms_variant", "riad"))
-    self.msgms_scales = int(m.get("msgms_scales", 4))
-    self.filter_size = int(m.get("score_filter", 21))
-    self.score_seed = int(m.get("score_seed", 0))
+    self.msgms_variant = str(m.msgms_variant)
+    self.msgms_scales = int(m.msgms_scales)
+    self.filter_size = int(m.score_filter)
+    self.score_seed = int(m.score_seed)
     self.dtype = train_utils.compute_dtype(config.train)
     self.f = train_utils.abstract_functional(self._factory)
 

@@ -172,38 +172,38 @@ class Ssm(Method):
     self.ks = tuple(int(k) for k in m.ks)
     self.train_ks = tuple(int(k) for k in m.train_ks)
     self.widths = tuple(int(w) for w in config.model.widths)
-    self.use_mam = bool(config.model.get("use_mam", True))
-    self.upsample = str(config.model.get("upsample", "nearest"))
+    self.use_mam = bool(config.model.use_mam)
+    self.upsample = str(config.model.upsample)
     self.size = check_geometry(config, self.ks + self.train_ks, self.widths, "ssm")
     w = m.loss_weights
     self.w = {"mse": float(w.mse), "gms": float(w.gms), "ssim": float(w.ssim),
               "mask": float(w.mask)}
-    self.input_range = str(m.get("input_range", "half"))
+    self.input_range = str(m.input_range)
     if self.input_range not in ("half", "unit"):
       raise ConfigError(f"config.method.input_range must be 'half' or 'unit', "
                         f"got {self.input_range!r}")
-    self.refine_on = bool(m.get("refine", True))
-    self.max_iters = int(m.get("max_iters", 10))
-    self.num_random_masks = int(m.get("num_random_masks", 16))
-    self.image_score_mode = str(m.get("image_score", "as_written"))
+    self.refine_on = bool(m.refine)
+    self.max_iters = int(m.max_iters)
+    self.num_random_masks = int(m.num_random_masks)
+    self.image_score_mode = str(m.image_score)
     if self.image_score_mode not in IMAGE_SCORES:
       raise ConfigError(f"config.method.image_score must be one of {IMAGE_SCORES}, "
                         f"got {self.image_score_mode!r}")
-    self.refined_map = str(m.get("refined_map", "as_written"))
+    self.refined_map = str(m.refined_map)
     if self.refined_map not in REFINED_MAPS:
       raise ConfigError(f"config.method.refined_map must be one of {REFINED_MAPS}, "
                         f"got {self.refined_map!r}")
-    self.eta_statistic = str(m.get("eta_statistic", "patch"))
+    self.eta_statistic = str(m.eta_statistic)
     if self.eta_statistic not in ("patch", "pixel"):
       raise ConfigError(f"config.method.eta_statistic must be 'patch' or 'pixel', "
                         f"got {self.eta_statistic!r}")
-    self.eta_mode = str(m.get("eta_mode", "per_category"))
+    self.eta_mode = str(m.eta_mode)
     if self.eta_mode not in ("per_category", "global"):
       raise ConfigError(f"config.method.eta_mode must be 'per_category' or 'global', "
                         f"got {self.eta_mode!r}")
-    self.eta_scale = float(m.get("eta_scale", 1.0))
-    self.eta_per_scale = bool(m.get("eta_per_scale", True))
-    self.score_seed = int(m.get("score_seed", 0))
+    self.eta_scale = float(m.eta_scale)
+    self.eta_per_scale = bool(m.eta_per_scale)
+    self.score_seed = int(m.score_seed)
     self.dtype = train_utils.compute_dtype(config.train)
     self.f = train_utils.abstract_functional(self._factory)
 

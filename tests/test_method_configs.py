@@ -1,0 +1,28 @@
+"""Every packaged config and variant builds its method, resolves its stages and
+describes itself with attribute reads only: a key the method reads but the
+config lacks fails here, not in a user's run."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import stage_helpers  # noqa: E402
+
+from maskjax import configs  # noqa: E402
+
+VARIANTS = [(n, v) for n in ("riad", "ssm", "ear", "aca", "mala")
+            for v in configs.load_module(configs.resolve(n)).VARIANTS]
+
+
+@pytest.mark.parametrize("name,variant", VARIANTS)
+def test_config_builds_its_method(name, variant):
+  c = configs.get_config(f"{name}:{variant}")
+  if variant == "per_category":
+    c.input.categories = ("bottle",)
+  method = stage_helpers.build(c, num_train=12)
+  stages = stage_helpers.stages(method)
+  assert stages and all(s.steps > 0 for s in stages)
+  assert isinstance(method.describe(), dict)
