@@ -45,7 +45,7 @@ incl. evaluation (train 581 s, eval 10 s); percent):
   classifier stays at chance for hundreds of steps. Not a reproduction of the
   paper's numbers.
 
-Decisions where the paper is silent (see maskjax/methods/aca.py):
+Decisions where the paper is silent (see maskjax/methods/aca/__init__.py):
   APMask attention from the EMA teacher on the full student view; teacher view
   = one extra global crop; AdamW weight decay 0.04; EMA momentum 0.996 with
   DINO's cosine schedule to 1; projection MLP 384-2048-2048-256; Sinkhorn eps
