@@ -189,7 +189,8 @@ def main() -> None:
   ts.put({"image": synthetic(8, args.size, 0, False)})
   ts.run(args.train_steps)
   state = ts.state
-  cal = m.calibrate(state, [{"image": jnp.asarray(synthetic(args.batch, args.size, 1, False))}])
+  val = {"image": jnp.asarray(synthetic(args.batch, args.size, 1, False))}
+  cal = m.calibrate(np.asarray(m.calibration_stats(state, val)), np.zeros((args.batch,), int))
   eta = float(cal["eta"])
 
   n = args.batch * args.batches

@@ -86,12 +86,24 @@ def score_split(config, method, state, calibration, mesh, records, data: DataAPI
   return {k: v[order] for k, v in res.items()} if order is not None else res
 
 
-def _val_batches(config, splits, mesh, data):
+def _method_calibration(config, method, state, mesh, splits, data) -> dict:
+  """`method.calibrate` on the gathered host rows of `method.calibration_stats`
+  over the validation split (padding dropped)."""
+  if not method.calibrates:
+    return {}
+  fn = jax.jit(method.calibration_stats)
+  stats, cids = [], []
   bs = int(config.input.eval_batch_size)
   for b in data.eval_batches(config.input, splits.val, global_batch_size=bs,
                              process_index=jax.process_index(),
                              process_count=jax.process_count()):
-    yield data.to_global(b, mesh)
+    out = np.asarray(_gather(fn(state, data.to_global(b, mesh))))
+    valid = _gather_local(b["valid"]).astype(bool)
+    stats.append(out[valid])
+    cids.append(_gather_local(b["category_id"]).astype(np.int64)[valid])
+  if not stats:
+    return method.calibrate(np.zeros((0,), np.float32), np.zeros((0,), np.int64)) or {}
+  return method.calibrate(np.concatenate(stats), np.concatenate(cids)) or {}
 
 
 def calibrate(config, workdir, method, state, mesh, splits, data,
@@ -99,7 +111,7 @@ def calibrate(config, workdir, method, state, mesh, splits, data,
   """Method calibration + decision threshold on the validation split, saved as
   `calibration.json` in `out_dir` (default: the workdir, where predict reads it)."""
   from maskjax.eval import threshold
-  calibration = method.calibrate(state, _val_batches(config, splits, mesh, data)) or {}
+  calibration = _method_calibration(config, method, state, mesh, splits, data)
   if len(splits.val) == 0:
     raise ConfigError("the validation split is empty: raise config.input.val_fraction "
                       f"(now {config.input.val_fraction}) so thresholds can be fitted")

@@ -30,7 +30,7 @@ sharded along the mesh's data axes on their leading dimension:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import jax
 import numpy as np
@@ -224,10 +224,21 @@ class Method:
     return stage_value if value is None else value
 
   # -- calibration ------------------------------------------------------------
-  def calibrate(self, state: PyTree, val_batches: Iterable[Batch]) -> dict:
-    """Statistics computed on the validation split of training normals after
-    training (e.g. SSM's eta). Returned dict of floats/arrays is saved with the
-    checkpoint (`<workdir>/calibration.json`) and passed to `score`."""
+  #: whether the method calibrates on the validation normals (then it defines
+  #: `calibration_stats` and `calibrate`)
+  calibrates: bool = False
+
+  def calibration_stats(self, state: PyTree, batch: Batch) -> jax.Array:
+    """Pure, jittable: per-example statistics [B, ...] of a batch of
+    validation normals (e.g. SSM's S^0 patch maxima per scale)."""
+    raise NotImplementedError
+
+  def calibrate(self, stats: np.ndarray, category_ids: np.ndarray) -> dict:
+    """Host reduction of `calibration_stats` over the whole validation split
+    (the loop runs it on device, drops padding and gathers the rows of every
+    process, so a method calls no multi-host utility): stats [N, ...],
+    category_ids [N]. The returned dict of floats/lists is saved as
+    `<workdir>/calibration.json` and passed to `score`."""
     return {}
 
   # -- scoring ----------------------------------------------------------------

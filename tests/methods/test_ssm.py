@@ -276,7 +276,11 @@ def test_calibrate_eta_is_max_validation_error():
       {"image": jnp.concatenate([x[3:], noisy]), "valid": jnp.asarray([True, True, False]),
        "category_id": jnp.asarray([2, 0, 2])},
   ]
-  cal = m.calibrate(state, batches)
+  # as the loop does: per-example stats on device, padding dropped, host reduction
+  rows = [(np.asarray(m.calibration_stats(state, b)), np.asarray(b["valid"]),
+           np.asarray(b["category_id"])) for b in batches]
+  cal = m.calibrate(np.concatenate([s[v] for s, v, _ in rows]),
+                    np.concatenate([c[v] for _, v, c in rows]))
   stat = np.array([[_np_s0_patch_max(net, x[i], k) for k in m.ks] for i in range(5)])
   cats = np.array([0, 1, 0, 2, 0])
   per_scale = np.stack([stat[cats == j].max(axis=0) for j in range(3)])   # [C, len(ks)]
@@ -287,7 +291,7 @@ def test_calibrate_eta_is_max_validation_error():
   # the scales differ, so a single eta would not be the same threshold
   assert not np.allclose(stat.max(axis=0)[0], stat.max(axis=0)[1], rtol=1e-3)
   with pytest.raises(Exception, match="val_fraction"):
-    m.calibrate(state, [])
+    m.calibrate(np.zeros((0, len(m.ks))), np.zeros((0,), int))
 
 
 def test_training_masks_and_step():

@@ -71,7 +71,7 @@ image score = mean of that map.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -371,6 +371,11 @@ class Ssm(Method):
             "iterations": jnp.sum(jnp.stack(iters), axis=0).astype(jnp.int32)}
 
   # -- calibration --------------------------------------------------------------
+  calibrates = True
+
+  def calibration_stats(self, state, batch) -> jax.Array:
+    return self.validation_stats(state, batch)
+
   def validation_stats(self, state, batch) -> jax.Array:
     """Per image and k, the maximum of the eta statistic of S^0: [B, len(ks)]."""
     x = batch["image"].astype(jnp.float32)
@@ -381,27 +386,16 @@ class Ssm(Method):
       out.append(jnp.max(stat, axis=(1, 2)))
     return jnp.stack(out, axis=1)
 
-  def calibrate(self, state, val_batches: Iterable) -> dict:
-    fn = jax.jit(self.validation_stats)
+  def calibrate(self, stats: np.ndarray, category_ids: np.ndarray) -> dict:
+    """eta: the maxima of `validation_stats` over the validation normals,
+    overall, per category, per scale (host arrays gathered by the loop)."""
     nk = len(self.ks)
-    per_cat: dict[int, np.ndarray] = {}
-    overall = np.full((nk,), -np.inf)
-    seen = 0
-    for batch in val_batches:
-      stats = _to_host(fn(state, {"image": batch["image"]}))        # [B, len(ks)]
-      b = stats.shape[0]
-      valid = (_to_host(batch["valid"]).astype(bool) if "valid" in batch
-               else np.ones((b,), bool))
-      cids = (_to_host(batch["category_id"]).astype(int) if "category_id" in batch
-              else np.zeros((b,), int))
-      for v, ok, c in zip(stats, valid, cids):
-        if ok:
-          seen += 1
-          overall = np.maximum(overall, v)
-          per_cat[int(c)] = np.maximum(per_cat.get(int(c), np.full((nk,), -np.inf)), v)
-    if not seen:
+    if len(stats) == 0:
       raise DataError("ssm: the validation split of training normals is empty, so eta "
                       "cannot be computed; set config.input.val_fraction > 0")
+    stats = np.asarray(stats, np.float64).reshape(-1, nk)
+    overall = stats.max(axis=0)
+    per_cat = {int(c): stats[category_ids == c].max(axis=0) for c in np.unique(category_ids)}
     rows = [per_cat.get(i, overall) for i in range(max(per_cat) + 1)]
     return {"eta": float(overall.max()),
             "eta_per_category": [float(r.max()) for r in rows],
@@ -420,11 +414,3 @@ class Ssm(Method):
                          f"no refinement: {self.num_random_masks} random masks per k in {self.ks}",
             "value_range": f"losses/errors on [0, 1] images; U-Net input {self.input_range}",
             "extra_outputs": "score() also returns 'iterations' [B]"}
-
-
-def _to_host(x) -> np.ndarray:
-  """Global array -> NumPy on this host (all-gather across processes if needed)."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
