@@ -43,7 +43,7 @@ def test_demo_sweep_interrupt_resume_and_report(tmp_path):
   for f, t in mtimes.items():
     assert os.path.getmtime(f) == t, f"{f} was redone"
   # 3) aggregated report over methods and seeds
-  rep = subprocess.run([sys.executable, "-m", "maskjax.report", f"--root={root}"], cwd=ROOT,
+  rep = subprocess.run([sys.executable, "-m", "maskjax.sweep_report", f"--root={root}"], cwd=ROOT,
                        env=env, capture_output=True, text=True, timeout=300)
   assert rep.returncode == 0, rep.stderr[-3000:]
   md = open(os.path.join(root, "report", "demo_image_auroc.md")).read()
