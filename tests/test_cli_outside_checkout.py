@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers_xla_cache import cli_cache_flag
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--config.train.steps=2", "--config.train.progress_bar=False",
          "--config.eval.plots=False", "--config.input.categories=('fabric',)",
@@ -22,17 +24,60 @@ SMALL = ["--config.train.steps=2", "--config.train.progress_bar=False",
 def _run(args, cwd, timeout=600):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("PYTHONPATH", None)  # the installed package, not the checkout on the path
-  r = subprocess.run([sys.executable, "-m", "maskjax.main", *args], cwd=cwd, env=env,
-                     capture_output=True, text=True, timeout=timeout)
+  # the session's compilation cache (conftest), not the default under ~/.cache
+  r = subprocess.run([sys.executable, "-m", "maskjax.main", *args, cli_cache_flag()], cwd=cwd,
+                     env=env, capture_output=True, text=True, timeout=timeout)
   return r.returncode, r.stdout, r.stderr
 
 
+def _readme_code():
+  text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+  block = re.search(r"### Python API.*?```python\n(.*?)```", text, re.S)
+  return block.group(1) if block else None
+
+
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
+def readme_example(request, tmp_path_factory):
+  """The README's Python example in a process of its own, started once: by
+  `cli_run` when its training is done (the example trains the same model, so it
+  finds its compiled programs in the session's cache, and it runs beside the
+  eval and predict tests), else by its test."""
+  state = {}
+  selected = any(item.module is request.module and item.name == "test_readme_python_example_runs"
+                 for item in request.session.items)
+
+  def start():
+    code = _readme_code()
+    if "proc" not in state and code is not None:
+      logs = tmp_path_factory.mktemp("readme")
+      cwd = logs / "cwd"
+      cwd.mkdir()
+      env = dict(os.environ, JAX_PLATFORMS="cpu")
+      env.pop("PYTHONPATH", None)
+      out, err = open(logs / "stdout", "w"), open(logs / "stderr", "w")
+      state.update(cwd=cwd, err=logs / "stderr", proc=subprocess.Popen(
+          [sys.executable, "-c", code], cwd=cwd, env=env, stdout=out, stderr=err))
+      out.close()
+      err.close()
+    return state
+
+  start.selected = selected
+  yield start
+  proc = state.get("proc")
+  if proc is not None and proc.poll() is None:
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, readme_example):
   cwd = tmp_path_factory.mktemp("elsewhere")
   wd = cwd / "run"
-  rc, out, err = _run(["--config=riad:demo", f"--workdir={wd}", *SMALL,
-                       f"--compilation_cache={cwd / 'xla'}"], cwd)
+  try:
+    rc, out, err = _run(["--config=riad:demo", f"--workdir={wd}", *SMALL], cwd)
+  finally:
+    if readme_example.selected:
+      readme_example()
   assert rc == 0, err[-3000:]
   assert "report:" in out
   return cwd, wd
@@ -46,8 +91,7 @@ def _img(path, seed=0, size=(48, 40)):
 @pytest.mark.slow
 def test_eval_without_config_and_steps_named(cli_run):
   cwd, wd = cli_run
-  rc, out, err = _run([f"--workdir={wd}", "--mode=eval", f"--compilation_cache={cwd / 'xla'}"],
-                      cwd)
+  rc, out, err = _run([f"--workdir={wd}", "--mode=eval"], cwd)
   assert rc == 0, err[-3000:]
   rows = list(csv.DictReader(open(wd / "eval" / "scores.csv")))
   assert rows and set(rows[0]) == {"path", "category", "defect", "label", "score",
@@ -65,7 +109,7 @@ def test_predict_image_folder_glob_and_errors(cli_run):
   pics.mkdir()
   _img(pics / "a.png", 0)
   _img(pics / "b.png", 1, (64, 64))
-  common = [f"--workdir={wd}", "--mode=predict", f"--compilation_cache={cwd / 'xla'}"]
+  common = [f"--workdir={wd}", "--mode=predict"]
   rc, out, err = _run(common + [f"--predict_dir={pics / 'a.png'}", f"--predict_out={cwd / 'p1'}"],
                       cwd)
   assert rc == 0, err[-3000:]
@@ -92,14 +136,10 @@ def test_predict_image_folder_glob_and_errors(cli_run):
 
 
 @pytest.mark.slow
-def test_readme_python_example_runs(tmp_path):
-  text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-  block = re.search(r"### Python API.*?```python\n(.*?)```", text, re.S)
-  assert block, "README has no Python API example"
-  code = block.group(1)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("PYTHONPATH", None)
-  r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
-                     text=True, timeout=900)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert (tmp_path / "runs" / "api_riad_export" / "detector.jaxexport").exists()
+def test_readme_python_example_runs(readme_example):
+  assert _readme_code() is not None, "README has no Python API example"
+  state = readme_example()
+  proc = state["proc"]
+  proc.wait(timeout=900)
+  assert proc.returncode == 0, state["err"].read_text()[-3000:]
+  assert (state["cwd"] / "runs" / "api_riad_export" / "detector.jaxexport").exists()

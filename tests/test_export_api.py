@@ -2,15 +2,19 @@
 
 Each method's demo config is trained for two steps on one demo category
 (enough for a checkpoint and a calibration: parity does not need a good
-model), exported, and the exported artifact must give the live score's
-image scores and maps to 1e-6.
+model) by `maskjax.fit`, exported, and the exported artifact must give the
+live score's image scores and maps to 1e-6. The five trainings run in
+processes of their own, two at a time, while the tests export and score the
+runs that are ready.
 """
 from __future__ import annotations
 
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -23,27 +27,102 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("riad", "ssm", "ear", "aca", "mala")
 
 
-def _tiny(method: str):
+def _overrides(method: str) -> dict:
   over = {"train": {"steps": 2, "log_every": 1, "progress_bar": False},
           "input": {"categories": ("fabric",), "eval_batch_size": 4,
                     "demo_source": "synthetic"},
           "eval": {"plots": False, "num_heatmaps": 0, "baseline": False}}
   if method in ("aca", "mala"):
     over["input"]["batch_size"] = 4
-  return maskjax.get_config(f"{method}:demo", **over)
+  return over
+
+
+# `maskjax.fit(get_config("<method>:demo", **overrides), workdir)` in a process of
+# its own, its Run written as JSON. The trainings are independent and mostly
+# compile (one core each), so two run at a time beside the tests, which export
+# and score each run as soon as it is there.
+_FIT = """
+import ast, dataclasses, json, sys
+import maskjax
+method, workdir, out, over = sys.argv[1], sys.argv[2], sys.argv[3], ast.literal_eval(sys.argv[4])
+run = maskjax.fit(maskjax.get_config(method + ":demo", **over), workdir)
+with open(out, "w") as f:
+  json.dump(dataclasses.asdict(run), f)
+"""
+PARALLEL_FITS = 2
+
+
+def _methods_needed(session, module) -> list[str]:
+  """The methods the selected tests of this module train, in test order."""
+  out = []
+  for item in session.items:
+    if item.module is module and "trained" in getattr(item, "fixturenames", ()):
+      callspec = getattr(item, "callspec", None)
+      m = callspec.params.get("method", "riad") if callspec else "riad"
+      if m not in out:
+        out.append(m)
+  return out
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(request, tmp_path_factory):
+  root = tmp_path_factory.mktemp("runs")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  todo, queued = queue.Queue(), set()
+  for m in _methods_needed(request.session, request.module) or list(METHODS):
+    todo.put(m)
+    queued.add(m)
+  done = {m: threading.Event() for m in METHODS}
+  results, procs, stop = {}, [], threading.Event()
+
+  def slot():
+    while not stop.is_set():
+      try:
+        method = todo.get_nowait()
+      except queue.Empty:
+        return
+      (root / method).mkdir()
+      wd, out, log = root / method / "run", root / method / "run.json", root / method / "fit.log"
+      with open(log, "w") as f:
+        p = subprocess.Popen([sys.executable, "-c", _FIT, method, str(wd), str(out),
+                              repr(_overrides(method))], cwd=str(root / method), env=env,
+                             stdout=f, stderr=subprocess.STDOUT)
+        procs.append(p)
+        try:
+          p.wait(timeout=1200)
+        except subprocess.TimeoutExpired:
+          p.kill()
+          p.wait()
+      results[method] = (p.returncode, wd, out, log)
+      done[method].set()
+
+  slots = [threading.Thread(target=slot, daemon=True) for _ in range(PARALLEL_FITS)]
+  for t in slots:
+    t.start()
   runs = {}
 
   def get(method):
     if method not in runs:
-      wd = tmp_path_factory.mktemp(method) / "run"
-      run = maskjax.fit(_tiny(method), str(wd))
-      runs[method] = (wd, run)
+      if method not in queued:  # not foreseen: train it now
+        queued.add(method)
+        todo.put(method)
+        if not any(t.is_alive() for t in slots):
+          slot()
+      assert done[method].wait(timeout=1500), f"{method}: training did not finish"
+      rc, wd, out, log = results[method]
+      assert rc == 0, f"maskjax.fit({method}:demo) failed:\n" + log.read_text()[-3000:]
+      with open(out) as f:
+        runs[method] = (wd, maskjax.Run(**json.load(f)))
     return runs[method]
-  return get
+
+  yield get
+  stop.set()  # trainings no test asked for (a failure, -x) are stopped
+  while any(t.is_alive() for t in slots):
+    for p in list(procs):
+      if p.poll() is None:
+        p.kill()
+    for t in slots:
+      t.join(timeout=0.5)
 
 
 @pytest.mark.slow

@@ -23,12 +23,13 @@ import pytest
 
 import helpers_toy_method as toy
 from maskjax import checkpoint as ckpt_lib
-from maskjax import fileio, train
+from maskjax import fileio, runner
 from maskjax import workdir as workdir_lib
 from maskjax.data import archives
 from maskjax.errors import CheckpointError, ConfigError, DataError, WorkdirError
 
 from test_train_multiprocess import WORKER, _env  # the toy worker and its clean environment
+from helpers_xla_cache import read_only  # processes killed or denied writes: no cache writes
 
 
 # ----------------------------------------------------------------------------
@@ -81,7 +82,7 @@ def _toy(**kw):
 def finished_run(tmp_path_factory):
   """A trained and evaluated toy run (12 steps, checkpoints at 4, 8, 12)."""
   wd = tmp_path_factory.mktemp("finished") / "run"
-  train.run(_toy(), str(wd), data=toy.ToyData())
+  runner.run(_toy(), str(wd), data=toy.ToyData())
   return wd
 
 
@@ -91,7 +92,7 @@ def finished_run(tmp_path_factory):
 def test_second_train_run_fails_at_once_naming_the_holder(tmp_path):
   wd = tmp_path / "run"
   holder = _worker(wd, "--steps", 2000, "--checkpoint_every", 8, "--delay", 0.05, wait=False,
-                   out=tmp_path / "holder.npz")
+                   out=tmp_path / "holder.npz", env=read_only(_env()))  # killed below
   lock = wd / workdir_lib.LOCK_NAME
   deadline = time.time() + 120
   while time.time() < deadline and holder.poll() is None:
@@ -120,12 +121,13 @@ def test_second_train_run_fails_at_once_naming_the_holder(tmp_path):
 def test_eval_refused_while_a_run_holds_the_workdir(finished_run):
   with workdir_lib.WorkdirLock(str(finished_run), mode="train"):
     with pytest.raises(WorkdirError, match=f"pid {os.getpid()}"):
-      train.run(_toy(), str(finished_run), mode="eval", data=toy.ToyData())
+      runner.run(_toy(), str(finished_run), mode="eval", data=toy.ToyData())
 
 
 def test_lock_released_when_the_holder_is_killed(tmp_path):
   wd = tmp_path / "run"
-  holder = _worker(wd, "--steps", 200, "--checkpoint_every", 1000, "--delay", 0.05, wait=False)
+  holder = _worker(wd, "--steps", 200, "--checkpoint_every", 1000, "--delay", 0.05, wait=False,
+                   env=read_only(_env()))
   lock = wd / workdir_lib.LOCK_NAME
   deadline = time.time() + 120
   while time.time() < deadline and not (lock.exists() and lock.read_text().strip()):
@@ -143,7 +145,7 @@ def test_read_only_opens_keep_a_live_save(finished_run):
   (live / "state").mkdir(parents=True)
   (live / "state" / "part").write_bytes(b"in flight")
   try:
-    train.run(_toy(), str(finished_run), mode="eval", data=toy.ToyData())
+    runner.run(_toy(), str(finished_run), mode="eval", data=toy.ToyData())
     c = ckpt_lib.StageCheckpointer(str(ck), read_only=True)
     assert c.latest_step() == 12
     c.close()
@@ -158,23 +160,33 @@ def test_read_only_opens_keep_a_live_save(finished_run):
 @pytest.mark.parametrize("point", ["during_save", "after_commit"])
 def test_kill_at_save_point_resumes_bit_identical(tmp_path, point):
   args = ("--steps", 12, "--checkpoint_every", 4)
-  rc, _, err = _worker(tmp_path / "ref", *args, out=tmp_path / "ref.npz")
-  assert rc == 0, err[-2000:]
-  victim = _worker(tmp_path / "kill", *args, "--delay", 0.04, wait=False)
-  ck = tmp_path / "kill" / "checkpoints" / "train"
-  deadline = time.time() + 150
-  while time.time() < deadline and victim.poll() is None:
-    names = os.listdir(ck) if ck.is_dir() else []
-    if point == "during_save" and any("tmp" in n for n in names):
-      break
-    if point == "after_commit" and any(n.isdigit() for n in names):
-      break
-    time.sleep(0.005)
-  assert victim.poll() is None, "the run ended before it could be killed"
-  os.kill(victim.pid, signal.SIGKILL)
-  victim.wait()
-  rc, _, err = _worker(tmp_path / "kill", *args, out=tmp_path / "resumed.npz")
-  assert rc == 0, err[-3000:]
+  # the uninterrupted reference run is independent of the victim: it runs beside it
+  with open(tmp_path / "ref.log", "w") as log:
+    ref = subprocess.Popen([sys.executable, WORKER, "--workdir", str(tmp_path / "ref"), "--out",
+                            str(tmp_path / "ref.npz"), *map(str, args)], env=_env(),
+                           stdout=log, stderr=subprocess.STDOUT, text=True)
+  try:
+    victim = _worker(tmp_path / "kill", *args, "--delay", 0.04, wait=False,
+                     env=read_only(_env()))
+    ck = tmp_path / "kill" / "checkpoints" / "train"
+    deadline = time.time() + 150
+    while time.time() < deadline and victim.poll() is None:
+      names = os.listdir(ck) if ck.is_dir() else []
+      if point == "during_save" and any("tmp" in n for n in names):
+        break
+      if point == "after_commit" and any(n.isdigit() for n in names):
+        break
+      time.sleep(0.005)
+    assert victim.poll() is None, "the run ended before it could be killed"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    rc, _, err = _worker(tmp_path / "kill", *args, out=tmp_path / "resumed.npz")
+    assert rc == 0, err[-3000:]
+    assert ref.wait(timeout=240) == 0, (tmp_path / "ref.log").read_text()[-2000:]
+  finally:
+    if ref.poll() is None:
+      ref.kill()
+      ref.wait()
   a, b = np.load(tmp_path / "ref.npz"), np.load(tmp_path / "resumed.npz")
   for k in a.files:
     np.testing.assert_array_equal(a[k], b[k], err_msg=k)
@@ -193,7 +205,7 @@ def test_disk_full_on_save_is_one_line_with_the_last_good_step(tmp_path):
   cmd = ["sh", "-c", 'ulimit -f 40 && trap "" XFSZ && exec "$@"', "sh", sys.executable, WORKER,
          "--workdir", str(wd), "--out", str(tmp_path / "o.npz"), "--steps", "8",
          "--checkpoint_every", "4"]
-  p = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=240)
+  p = subprocess.run(cmd, env=read_only(_env()), capture_output=True, text=True, timeout=240)
   rc, err = p.returncode, p.stderr
   line = _error_line(err)
   assert rc == 2, err[-2000:]
@@ -253,7 +265,7 @@ def test_output_dir_that_is_a_file_is_refused_before_work(finished_run, tmp_path
   f = tmp_path / "taken"
   f.write_text("x")
   with pytest.raises(WorkdirError, match="is a file"):
-    train.run(_toy(), str(finished_run), mode="eval", data=toy.ToyData(), output_dir=str(f))
+    runner.run(_toy(), str(finished_run), mode="eval", data=toy.ToyData(), output_dir=str(f))
 
 
 # ----------------------------------------------------------------------------
@@ -261,16 +273,16 @@ def test_output_dir_that_is_a_file_is_refused_before_work(finished_run, tmp_path
 # ----------------------------------------------------------------------------
 def test_recipe_change_on_resume_refuses_or_keeps_history(tmp_path):
   wd = tmp_path / "run"
-  train.run(_toy(**{"train.steps": 4}), str(wd), data=toy.ToyData(), evaluate_after_train=False)
+  runner.run(_toy(**{"train.steps": 4}), str(wd), data=toy.ToyData(), evaluate_after_train=False)
   before = (wd / "config.json").read_text()
   changed = _toy(**{"train.steps": 8, "optim.lr": 5e-3, "input.batch_size": 4})
   with pytest.raises(WorkdirError) as e:
-    train.run(changed, str(wd), data=toy.ToyData())
+    runner.run(changed, str(wd), data=toy.ToyData())
   msg = str(e.value)
   assert "optim.lr" in msg and "input.batch_size" in msg and "--allow_config_change" in msg
   assert "train.steps" not in msg  # extending a run is not a recipe change
   assert (wd / "config.json").read_text() == before  # nothing overwritten
-  res = train.run(changed, str(wd), data=toy.ToyData(), allow_config_change=True)
+  res = runner.run(changed, str(wd), data=toy.ToyData(), allow_config_change=True)
   assert (wd / "config.1.json").exists()
   assert json.loads((wd / "config.1.json").read_text())["optim"]["lr"] == 1e-2
   assert json.loads((wd / "config.json").read_text())["optim"]["lr"] == 5e-3
@@ -282,9 +294,9 @@ def test_recipe_change_on_resume_refuses_or_keeps_history(tmp_path):
 
 def test_identity_change_is_always_refused(tmp_path):
   wd = tmp_path / "run"
-  train.run(_toy(**{"train.steps": 2}), str(wd), data=toy.ToyData(), evaluate_after_train=False)
+  runner.run(_toy(**{"train.steps": 2}), str(wd), data=toy.ToyData(), evaluate_after_train=False)
   with pytest.raises(WorkdirError, match="different run.*seed"):
-    train.run(_toy(**{"train.steps": 2, "seed": 5}), str(wd), data=toy.ToyData(),
+    runner.run(_toy(**{"train.steps": 2, "seed": 5}), str(wd), data=toy.ToyData(),
               allow_config_change=True)
 
 
@@ -300,7 +312,7 @@ def test_identity_change_is_always_refused(tmp_path):
 def test_bad_config_value_fails_before_any_work(tmp_path, key, value, words):
   wd = tmp_path / "run"
   with pytest.raises(ConfigError) as e:
-    train.run(_toy(**{key: value}), str(wd), data=toy.ToyData())
+    runner.run(_toy(**{key: value}), str(wd), data=toy.ToyData())
   assert words in str(e.value)
   assert not wd.exists()
 
@@ -308,7 +320,7 @@ def test_bad_config_value_fails_before_any_work(tmp_path, key, value, words):
 def test_empty_validation_split_fails_before_training(tmp_path):
   wd = tmp_path / "run"
   with pytest.raises(ConfigError, match="validation split is empty"):
-    train.run(_toy(), str(wd), data=toy.ToyData(num_val=0))
+    runner.run(_toy(), str(wd), data=toy.ToyData(num_val=0))
   assert not (wd / "checkpoints").exists()
 
 
@@ -435,10 +447,9 @@ def _mvtec(root, *, mask: np.ndarray):
 
 
 def _input(root, **kw):
-  import ml_collections
-  c = ml_collections.ConfigDict(dict(format="mvtec", data_dir=str(root), categories=("*",),
-                                     cache_dir="", val_fraction=0.25, skip_bad_files=False,
-                                     mask_values="auto"))
+  from maskjax.config_base import base_config
+  c = base_config().input
+  c.update({"format": "mvtec", "data_dir": str(root), "categories": ("*",), "val_fraction": 0.25})
   c.update(kw)
   return c
 
@@ -508,19 +519,19 @@ def test_predict_keeps_one_heatmap_per_file_and_writes_where_asked(finished_run,
   for name in ("a.png", "a.jpg"):
     Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(imgs / name)
   out = tmp_path / "pred"
-  res = train.run(_toy(), str(finished_run), mode="predict", predict_dir=str(imgs),
+  res = runner.run(_toy(), str(finished_run), mode="predict", predict_dir=str(imgs),
                   output_dir=str(out))
   assert sorted(os.listdir(out)) == ["a.jpg_overlay.png", "a.png_overlay.png", "scores.csv"]
   assert res["out_dir"] == str(out)
 
 
 def test_init_from_on_a_method_without_pretrained_parts(tmp_path):
-  from maskjax.methods import build_method
+  from maskjax.methods import DataInfo, build_method
   from configs import riad
   cfg = riad.get_config("demo")
   cfg.model.init_from = str(tmp_path / "garbage")
   with pytest.raises(ConfigError, match="no pretrained part"):
-    build_method(cfg)
+    build_method(cfg, DataInfo.uniform(("dahlia",), 8, 64))
 
 
 def test_corrupt_weights_metadata(tmp_path):
