@@ -82,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.name = "adam"             # adam | adamw | sgd
   c.optim.lr = 1e-4                 # peak learning rate (methods with stages may set one per stage)
   c.optim.weight_decay = 0.0        # adam: L2 added to the gradient (PyTorch Adam); adamw: decoupled
+  # which tensors weight decay reaches: "all" | "no_bias_norm" (not rank <= 1
+  # tensors: biases, norm scales; the MAE / DINO parameter groups)
+  c.optim.decay_mask = "all"
+  c.optim.no_decay_names = ()       # path substrings never decayed (e.g. "pos_embed", "prototypes")
   c.optim.b1 = 0.9                  # adam / adamw: first-moment decay
   c.optim.b2 = 0.999                # adam / adamw: second-moment decay
   c.optim.eps = 1e-8                # adam / adamw: added to the root of the second moment
@@ -135,6 +139,7 @@ _CHOICES = {
     "input.demo_source": ("photos", "synthetic"),
     "optim.name": ("adam", "adamw", "sgd"),
     "optim.schedule": ("constant", "step", "warmup_cosine", "warmup", "sgdr"),
+    "optim.decay_mask": ("all", "no_bias_norm"),
     "train.compute_dtype": ("float32", "bfloat16"),
 }
 # key -> (lowest, highest, lowest included, highest included); None = unbounded

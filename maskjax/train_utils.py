@@ -7,7 +7,7 @@ decides shardings and donation.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -63,13 +63,40 @@ def make_schedule(optim_cfg, total_steps: int) -> optax.Schedule:
                     "warmup_cosine, warmup, sgdr")
 
 
+DECAY_MASKS = ("all", "no_bias_norm")
+
+
+def decay_mask_fn(optim_cfg) -> Optional[Callable[[PyTree], PyTree]]:
+  """Which parameters weight decay reaches. "all": every tensor (PyTorch's
+  default for one parameter group). "no_bias_norm": the MAE / DINO parameter
+  groups: tensors of rank <= 1 (biases, norm scales and offsets) are not
+  decayed, nor any tensor whose path contains one of `optim.no_decay_names`
+  (e.g. "pos_embed", "cls_token", "prototypes"). None = optax's "all"."""
+  kind = str(optim_cfg.decay_mask)
+  if kind not in DECAY_MASKS:
+    raise ConfigError(f"config.optim.decay_mask={kind!r}; known: {', '.join(DECAY_MASKS)}")
+  names = tuple(str(n) for n in optim_cfg.no_decay_names)
+  if kind == "all" and not names:
+    return None
+
+  def mask(params):
+    def decays(path, leaf):
+      key = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+      if any(n in key for n in names):
+        return False
+      return kind == "all" or jnp.ndim(leaf) >= 2
+    return jax.tree_util.tree_map_with_path(decays, params)
+  return mask
+
+
 def make_optimizer(optim_cfg, total_steps: int,
                    trainable_mask: Optional[PyTree] = None) -> optax.GradientTransformation:
   """Optimiser from `config.optim`.
 
   adam: PyTorch `torch.optim.Adam(weight_decay=wd)` semantics (wd * param added
   to the gradient before the moments). adamw: decoupled weight decay
-  (`torch.optim.AdamW`). `trainable_mask`: a pytree of bools with the params'
+  (`torch.optim.AdamW`). `optim.decay_mask` chooses which tensors weight decay
+  reaches (`decay_mask_fn`). `trainable_mask`: a pytree of bools with the params'
   structure; False sub-trees get no updates and no optimizer state
   (`optax.multi_transform` with `set_to_zero`).
   """
@@ -84,11 +111,12 @@ def make_optimizer(optim_cfg, total_steps: int,
     parts.append(optax.clip_by_global_norm(clip))
   if name == "adam":
     if wd:
-      parts.append(optax.add_decayed_weights(wd))
+      parts.append(optax.add_decayed_weights(wd, mask=decay_mask_fn(optim_cfg)))
     parts.append(optax.scale_by_adam(b1=b1, b2=b2, eps=eps))
     parts.append(optax.scale_by_learning_rate(sched))
   elif name == "adamw":
-    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=wd))
+    parts.append(optax.adamw(sched, b1=b1, b2=b2, eps=eps, weight_decay=wd,
+                             mask=decay_mask_fn(optim_cfg)))
   elif name == "sgd":
     parts.append(optax.sgd(sched, momentum=float(optim_cfg.momentum)))
   else:
