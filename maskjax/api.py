@@ -75,7 +75,9 @@ class Detector:
     from maskjax import train
     from maskjax import workdir as workdir_lib
     from maskjax.methods import build_method
+    from maskjax import per_category
     workdir = os.path.abspath(workdir)
+    per_category.refuse_single_model_use(workdir, "load")
     config = config if config is not None else workdir_lib.load_run_config(workdir)
     method = build_method(config, data_info.for_workdir(config, workdir))
     method.workdir = workdir

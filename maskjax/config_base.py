@@ -49,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.input.batch_size = 8            # global training batch (all devices and hosts together)
   c.input.eval_batch_size = 8       # global batch of calibration, evaluation and predict
   c.input.val_fraction = 0.1        # of training normals, seeded, for thresholds
+  # True: train on every training normal, the validation share included (the
+  # papers' protocol; the decision threshold is then fitted on normals the model
+  # saw, so it sits lower than on unseen ones). False: hold the share out.
+  c.input.train_on_val = False
   c.input.num_workers = 0           # grain worker processes (0 = in-process)
   c.input.prefetch = 2              # batches read ahead per grain worker (the reader buffers 4x)
   c.input.decode_threads = 4        # grain threads reading and decoding images (each process)
@@ -74,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   # -- model / method: filled in by each config ----------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.init_from = ""            # converted Orbax checkpoint (maskjax.weights.convert)
+  # Methods whose paper starts from pretrained weights (EAR, ACA, MALA) refuse
+  # to train without their checkpoint unless this is True (random init).
+  c.model.allow_random_init = False
   c.method = ml_collections.ConfigDict()
   c.method.name = ""                # riad | ssm | ear | aca | mala (set by the method's config)
 
@@ -105,6 +112,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # -- training loop ------------------------------------------------------------
   c.train = ml_collections.ConfigDict()
+  # "unified": one model over every selected category. "per_category": one
+  # model per category, each a resumable sub-run <workdir>/<category>/, and one
+  # report over all of them (the protocol of RIAD, SSM, EAR, ACA).
+  c.train.protocol = "unified"
   c.train.steps = 0                 # >0 overrides the epochs-derived step count (of every stage)
   c.train.epochs = 0                # one-stage methods: epochs over the training data if steps is 0
   c.train.log_every = 10            # steps between metric lines in the log and metrics.jsonl
@@ -141,6 +152,7 @@ _CHOICES = {
     "optim.schedule": ("constant", "step", "warmup_cosine", "warmup", "sgdr"),
     "optim.decay_mask": ("all", "no_bias_norm"),
     "train.compute_dtype": ("float32", "bfloat16"),
+    "train.protocol": ("unified", "per_category"),
 }
 # key -> (lowest, highest, lowest included, highest included); None = unbounded
 _RANGES = {

@@ -98,7 +98,9 @@ def export_run(workdir: str, out_dir: str, *, config=None,
   from maskjax import workdir as workdir_lib
   from maskjax import data_info
   from maskjax.methods import build_method
+  from maskjax import per_category
   workdir = os.path.abspath(workdir)
+  per_category.refuse_single_model_use(workdir, "export")
   config = config if config is not None else workdir_lib.load_run_config(workdir)
   fileio.ensure_writable_dir(out_dir, "--out")
   method = build_method(config, data_info.for_workdir(config, workdir))

@@ -1,7 +1,7 @@
 r"""maskjax command line.
 
   python -m maskjax.main --config=<method>[:variant] --workdir=DIR \
-      [--mode=train|eval|predict] [--config.key=value ...]
+      [--mode=train|eval|predict|plan] [--config.key=value ...]
   python -m maskjax.main --config=<method>[:variant] [--config.key=value ...] --print_config
 
 --config takes a packaged config by name (riad, ssm, ear, aca, mala; e.g.
@@ -14,6 +14,9 @@ Modes:
   eval     evaluate the final checkpoint in DIR and write the report.
   predict  score a folder of images (--predict_dir or --config.eval.predict_dir)
            with the model in DIR; writes heatmaps and scores.csv.
+  plan     build data and method, train nothing: print per stage steps,
+           epochs, batch, lr schedule, optimiser, init sources, synthesis
+           source, protocol, devices; write DIR/plan.json (seconds on a CPU).
 
 --print_config prints the resolved config (every --config.* override applied),
 one `key = value  # what it does` line per key, and exits without training;
@@ -44,9 +47,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "with --config.key=value. Optional for eval / predict (the run's config.json).",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints, logs, reports. A run resumes from it.")
-flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"],
+flags.DEFINE_enum("mode", "train", ["train", "eval", "predict", "plan"],
                   "train: train then evaluate; eval: evaluate the checkpoint in --workdir; "
-                  "predict: score the images of --predict_dir.")
+                  "predict: score the images of --predict_dir; plan: print the recipe the "
+                  "run would execute (steps, schedule, init, data) and write DIR/plan.json.")
 flags.DEFINE_string("predict_dir", None, "predict mode: an image, a folder or a glob to score.")
 flags.DEFINE_string("output_dir", None, "eval / predict: where the report / heatmaps go "
                     "(default DIR/eval, DIR/predict); checked writable before any work.")

@@ -1,5 +1,7 @@
 """Mode dispatch: `run(config, workdir, mode)` trains all stages then
-evaluates, or evaluates / predicts with the final checkpoint of a workdir.
+evaluates, or evaluates / predicts with the final checkpoint of a workdir, or
+plans (`maskjax.plan`). With `train.protocol = "per_category"` a run of several
+categories is one sub-run per category (`maskjax.per_category`).
 
 Workdir: a workdir belongs to one run and has one writer at a time (train and
 eval hold its lock); `config.json` is written at start; a later run must agree
@@ -14,7 +16,7 @@ from typing import Optional
 
 import jax
 
-from maskjax import config_base, fileio, logging_utils
+from maskjax import config_base, fileio, logging_utils, per_category
 from maskjax import data_info as data_info_lib
 from maskjax import mesh as mesh_lib
 from maskjax import workdir as workdir_lib
@@ -24,7 +26,7 @@ from maskjax.evaluate import evaluate
 from maskjax.predict import new_predict_dir, predict
 from maskjax.train import restore_final_state, train_all
 
-MODES = ("train", "eval", "predict")
+MODES = ("train", "eval", "predict", "plan")
 
 
 def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = None, *,
@@ -39,6 +41,9 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
   if mode not in MODES:
     raise ConfigError(f"--mode={mode!r}; known: {', '.join(MODES)}")
   config_base.validate(config)
+  if mode == "plan":  # nothing trained, compiled or locked; writes plan.json only
+    from maskjax import plan
+    return plan.run_plan(config, workdir, data)
   mesh_lib.maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
   writer = jax.process_index() == 0
@@ -51,6 +56,11 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
                                "--output_dir" if output_dir else "--workdir")
     if output_dir is None:
       fileio.ensure_writable_dir(workdir, "--workdir")
+  data = data or DataAPI()
+  categories = _per_category_runs(config, workdir, mode, data)
+  if categories:
+    return _run_per_category(config, workdir, mode, categories, data, evaluate_after_train,
+                             output_dir, allow_config_change, writer)
   if mode == "predict" or (mode == "eval" and output_dir):
     # read-only use of the run (outputs go elsewhere): no lock, safe beside a writer
     workdir_lib.check_for_mode(config, workdir, write=False, allow_config_change=allow_config_change,
@@ -64,9 +74,44 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
                        output_dir)
 
 
+def _per_category_runs(config, workdir, mode, data) -> Optional[list]:
+  """The categories of a per-category run (`maskjax.per_category`), or None
+  for a run of one model."""
+  recorded = per_category.read_sub_runs(workdir)
+  if mode == "predict":
+    per_category.refuse_single_model_use(workdir, "predict with")
+    return None
+  if mode == "eval":
+    return recorded
+  if not per_category.is_per_category(config):
+    return None
+  cats = list(data.load_splits(config.input, int(config.seed)).categories)
+  if recorded is not None and recorded != cats:
+    raise WorkdirError(f"--workdir={workdir} holds per-category sub-runs of {recorded}; the "
+                       f"data now selects {cats}: use a new --workdir")
+  return cats if len(cats) > 1 or recorded else None
+
+
+def _run_per_category(config, workdir, mode, categories, data, evaluate_after_train, output_dir,
+                      allow_config_change, writer) -> dict:
+  def run_one(cfg, sub_dir, sub_out):
+    return run(cfg, sub_dir, mode, data=data, evaluate_after_train=evaluate_after_train,
+               output_dir=sub_out, allow_config_change=allow_config_change)
+
+  lock = mode == "train" or not output_dir
+  with workdir_lib.WorkdirLock(workdir, mode=mode, enabled=writer and lock):
+    workdir_lib.check_for_mode(config, workdir, write=mode == "train",
+                               allow_config_change=allow_config_change, mode=mode)
+    if writer and mode == "train":
+      per_category.write_sub_runs(workdir, categories)
+    return per_category.run_all(config, workdir, categories, run_one, mode=mode,
+                                output_dir=output_dir)
+
+
 def _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train, output_dir):
-  from maskjax.methods import build_method
-  data = data or DataAPI()
+  from maskjax.methods import build_method, check_pretrained
+  if mode == "train":
+    check_pretrained(config)  # before any data or model work
   if mode == "predict":
     from maskjax.data import prepare
     paths_dir = predict_dir or str(config.eval.predict_dir)

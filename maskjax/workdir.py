@@ -38,6 +38,7 @@ from maskjax.errors import WorkdirError
 
 #: config keys that define a run; a workdir refuses a config that differs on any.
 IDENTITY_KEYS = ("seed", "method.name", "model", "input.image_size", "input.categories",
+                 "train.protocol",
                  "input.format", "input.data_dir")
 
 #: keys (or whole sections) that may change when a run resumes.

@@ -41,8 +41,9 @@ is evaluated), as is an unknown category.
 
 Validation: a seeded `val_fraction` of each category's training normals (at
 least one image when the fraction is > 0 and the category has >= 2 training
-images; at least one image always stays in train). Records are sorted, so the
-result depends only on the files and the seed.
+images; at least one image always stays in train). `train_on_val=True` trains
+on the validation normals too (the papers train on every normal). Records are
+sorted, so the result depends only on the files and the seed.
 """
 from __future__ import annotations
 
@@ -540,7 +541,8 @@ def load_splits(input_cfg, seed: int) -> Splits:
     val_idx = set(rng.permutation(len(tr))[:n_val].tolist())
     def rec(r: _Raw, split: str) -> Record:
       return Record(r.path, r.mask_path, r.label, r.category, cat_id[c], r.defect, split)
-    train += [rec(r, "train") for i, r in enumerate(tr) if i not in val_idx]
+    train += [rec(r, "train") for i, r in enumerate(tr)
+              if i not in val_idx or input_cfg.train_on_val]
     val += [rec(r, "val") for i, r in enumerate(tr) if i in val_idx]
     test += [rec(r, "test") for r in te]
   return Splits(categories=list(cats), train=train, val=val, test=test)

@@ -11,7 +11,7 @@ import importlib
 
 from maskjax.errors import ConfigError
 
-from maskjax.methods.base import DataInfo, Duration, Method, Stage  # noqa: F401
+from maskjax.methods.base import DataInfo, Duration, Method, PretrainedWeights, Stage  # noqa: F401
 
 #: name -> "module:Class" of the built-in methods
 KNOWN_METHODS = {
@@ -53,6 +53,34 @@ def get_method_class(name: str):
       raise RuntimeError(f"{module}:{cls_name}.name is {entry.name!r}, registered as {name!r}")
     _REGISTRY[name] = entry
   return entry
+
+
+def init_sources(config) -> dict[str, str]:
+  """{module: checkpoint path, or "random init"} for the modules the method's
+  paper starts from pretrained weights (`Method.pretrained`)."""
+  cls = get_method_class(config.method.name)
+  out = {}
+  for p in cls.pretrained:
+    section, name = p.key.split(".")
+    path = str(config[section][name])
+    out[p.module] = path or "random init"
+  return out
+
+
+def check_pretrained(config) -> None:
+  """Refuse, in one line, to train from random weights where the paper starts
+  from pretrained ones, unless `config.model.allow_random_init`."""
+  cls = get_method_class(config.method.name)
+  if bool(config.model.allow_random_init):
+    return
+  for p in cls.pretrained:
+    section, name = p.key.split(".")
+    if not str(config[section][name]):
+      raise ConfigError(
+          f"{cls.name}: the {p.module} starts from pretrained weights in the paper and "
+          f"config.{p.key} is empty: download {p.source}, convert it with `{p.convert}` and "
+          f"pass --config.{p.key}=OUT, or set --config.model.allow_random_init=True to train "
+          "from random weights")
 
 
 def build_method(config, data: DataInfo):

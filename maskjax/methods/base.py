@@ -115,6 +115,21 @@ class Duration:
     return f"{self.epochs} epochs"
 
 
+@dataclasses.dataclass(frozen=True)
+class PretrainedWeights:
+  """A module the paper starts from pretrained weights, and how to get them.
+
+  key: the config key holding the converted checkpoint ("model.init_from").
+  module: what it initialises ("ViT-S/16 encoder").
+  source: the file the paper's authors publish (name or URL).
+  convert: the command converting it (OUT = the directory the key names).
+  """
+  key: str
+  module: str
+  source: str
+  convert: str
+
+
 @dataclasses.dataclass
 class Stage:
   """One optimisation stage of a method: what the method declares.
@@ -205,6 +220,13 @@ class Method:
   #: whether the method reads `config.model.init_from` (pretrained weights);
   #: the loop refuses a non-empty value for a method that would ignore it.
   uses_init_from: bool = False
+  #: the modules the paper initialises from pretrained weights: a training run
+  #: without their checkpoint is refused unless `config.model.allow_random_init`
+  pretrained: tuple[PretrainedWeights, ...] = ()
+  #: whether the anomaly synthesis reads `config.input.texture_dir`
+  uses_textures: bool = False
+  #: how the model sees its [0, 1] input (stated in plans and reports)
+  input_normalization: str = "[0, 1] images as loaded"
 
   def __init__(self, config, data: DataInfo):
     self.config = config

@@ -31,6 +31,15 @@ def test_mvtec_splits(small_mvtec):
   assert {r.path for r in other.val} != {r.path for r in s.val}
 
 
+def test_train_on_val_trains_on_every_normal(small_mvtec):
+  held = sources.load_splits(cfg(data_dir=small_mvtec, val_fraction=0.25), seed=0)
+  s = sources.load_splits(cfg(data_dir=small_mvtec, val_fraction=0.25, train_on_val=True), seed=0)
+  assert s.counts()["pill"] == {"train": 8, "val": 2, "test_good": 3, "test_defect": 6}
+  assert {r.path for r in s.train} == {r.path for r in held.train} | {r.path for r in held.val}
+  assert [r.path for r in s.val] == [r.path for r in held.val]  # same threshold images
+  assert all(r.split == "train" for r in s.train)
+
+
 def _png(path, arr, mode=None):
   os.makedirs(os.path.dirname(path), exist_ok=True)
   Image.fromarray(arr, mode=mode).save(path)
