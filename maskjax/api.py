@@ -93,9 +93,12 @@ class Detector:
     return ExportedDetector(out_dir)
 
   # -- scoring -------------------------------------------------------------------
-  def score(self, images: np.ndarray, category_ids=None) -> dict:
-    """Prepared float32 [N, S, S, 3] images -> {"image_score" [N], "anomaly_map" [N, S, S]}."""
+  def score(self, images: np.ndarray, category_ids=None, *, progress: str = "") -> dict:
+    """Prepared float32 [N, S, S, 3] images -> {"image_score" [N], "anomaly_map" [N, S, S]}.
+    `progress`: a job name to log progress per batch with an ETA under ("" = quiet)."""
     import jax
+
+    from maskjax import logging_utils
     if self._score is None:
       self._score = jax.jit(self.method.score)
     images = np.asarray(images, np.float32)
@@ -104,6 +107,7 @@ class Detector:
                                                                            np.int32)
     bs = int(self.config.input.eval_batch_size)
     scores, maps = [], []
+    bar = logging_utils.Progress(progress, total=-(-n // bs), unit="batches") if progress else None
     for start in range(0, n, bs):
       chunk = images[start:start + bs]
       m = chunk.shape[0]
@@ -117,17 +121,23 @@ class Detector:
       out = jax.device_get(self._score(self.state, batch, self.calibration))
       scores.append(np.asarray(out["image_score"], np.float32)[:m])
       maps.append(np.asarray(out["anomaly_map"], np.float32)[:m])
+      if bar:
+        bar.update()
+    if bar:
+      bar.done()
     return {"image_score": np.concatenate(scores), "anomaly_map": np.concatenate(maps)}
 
-  def predict(self, inputs: Any, category: Optional[str] = None) -> list[Prediction]:
-    """Score images given as a file, folder, glob, list of paths, PIL image or array."""
+  def predict(self, inputs: Any, category: Optional[str] = None, *,
+              progress: str = "") -> list[Prediction]:
+    """Score images given as a file, folder, glob, list of paths, PIL image or array
+    (`progress`: log per-batch progress under that name)."""
     from maskjax.data import prepare
     from maskjax.eval import threshold
     items = prepare.collect(inputs)
     cats = [prepare.category_for(it, category, self.categories) for it in items]
     arrays = np.stack([prepare.to_model_input(it, self.image_size) for it in items])
     ids = [self.categories.index(c) if c is not None else -1 for c, _ in cats]
-    out = self.score(arrays, ids)
+    out = self.score(arrays, ids, progress=progress)
     preds = []
     for i, it in enumerate(items):
       cat, source = cats[i]

@@ -178,7 +178,7 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
   if jax.process_index() == 0:
     run_info = {"config": json.loads(config.to_json()), "timings": dict(timings or {},
                                                                          eval_s=eval_time),
-                "device": mesh_lib.describe_devices(), "describe": method.describe(),
+                "device": mesh_lib.describe_devices(), "describe": _facts(config, method),
                 "threshold": _to_jsonable(stats),
                 "config_phases": workdir_lib.config_phases(workdir),
                 "stages_trained": train.trained_steps(workdir, method)}
@@ -208,6 +208,20 @@ def evaluate(config, workdir, method, state, mesh, splits, data: Optional[DataAP
     print("mean image AUROC {} | pixel AUROC {} | AUPRO {}".format(
         *(_fmt(m.get(k)) for k in ("image_auroc", "pixel_auroc", "aupro"))))
   return results
+
+
+def _facts(config, method) -> dict:
+  """What the report states about the run: the method's own facts, the init
+  source of every module its paper starts from pretrained weights, the recipe doc."""
+  from maskjax.methods import init_sources
+  facts = dict(method.describe() or {})
+  for module, src in init_sources(config).items():
+    if src == "random init" and bool(config.model.allow_random_init):
+      src += " (model.allow_random_init=True; the paper starts from pretrained weights)"
+    facts[f"init of {module}"] = src
+  facts["recipe"] = (f"docs/RECIPES.md, section {method.name}: each setting as the paper, "
+                     "this config and the public PyTorch code have it")
+  return facts
 
 
 def _write_test_scores(path: str, splits, test: dict, stats: dict) -> None:

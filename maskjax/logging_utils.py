@@ -88,12 +88,16 @@ class MetricLogger:
   """Writes one stage's log steps. Use as a context manager, or call close()."""
 
   def __init__(self, workdir: str, *, stage: str, total_steps: int, start_step: int = 0,
-               progress_bar: bool = True, write: Optional[bool] = None, later_steps: int = 0):
+               progress_bar: bool = True, write: Optional[bool] = None, later_steps: int = 0,
+               then: str = ""):
     self.stage = stage
     self.total_steps = int(total_steps)
     # steps of the stages still to train after this one: the run's ETA counts
     # them at this stage's speed (an estimate: stages differ in cost)
     self.later_steps = int(later_steps)
+    # what follows the training (evaluation): named in the ETA line, not timed
+    # (its speed is unknown until it runs; it reports its own progress and ETA)
+    self.then = then
     self.write = (jax.process_index() == 0) if write is None else write
     self._jsonl = None
     self._tb = None
@@ -151,7 +155,9 @@ class MetricLogger:
       self._bar.set_postfix(loss=f"{loss:.4g}", img_s=f"{ips:.1f}")
     run_eta = ""
     if self.later_steps and rec["steps_per_s"]:
-      run_eta = "  run ETA ~" + _fmt_eta(remaining + self.later_steps / rec["steps_per_s"])
+      run_eta = "  training ETA ~" + _fmt_eta(remaining + self.later_steps / rec["steps_per_s"])
+    if self.then:
+      run_eta += f" ({self.then})"
     logging.info("[%s] step %d/%d loss %.5g  %.1f img/s  ETA %s%s", self.stage, step,
                  self.total_steps, loss, ips, _fmt_eta(remaining), run_eta)
     return rec
@@ -199,14 +205,14 @@ class Progress:
   3.1 batches/s, ETA 9s", about every tenth of the job and at most every 10 s;
   the first item (compilation) is reported on its own."""
 
-  def __init__(self, what: str, *, total: int, unit: str = "items"):
+  def __init__(self, what: str, *, total: int, unit: str = "items", compiles: bool = True):
     self.what, self.total, self.unit = what, max(int(total), 0), unit
     self.n = 0
     self._t0 = self._last = time.perf_counter()
     self._t1 = None  # end of the first item
     self._active = jax.process_index() == 0 and self.total > 0
     if self._active:
-      info("%s: %d %s (the first one compiles)", what, self.total, unit)
+      info("%s: %d %s%s", what, self.total, unit, " (the first one compiles)" if compiles else "")
 
   def update(self, k: int = 1) -> None:
     self.n += k

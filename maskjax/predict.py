@@ -48,7 +48,8 @@ def predict(config, workdir, method, state, mesh, inputs, out_dir: Optional[str]
     fileio.ensure_writable_dir(out_dir, "--output_dir")
   det = api.Detector(config, workdir, method, state, mesh, evaluate_lib.calibration_args(calibration), stats)
   logging_utils.info("predict: scoring %d image(s) with the model of %s", len(items), workdir)
-  preds = det.predict([it.path if it.path else it.array for it in items], category=category)
+  preds = det.predict([it.path if it.path else it.array for it in items], category=category,
+                      progress="predict (scoring)")
   if jax.process_index() == 0:
     with fileio.atomic_open(os.path.join(out_dir, "scores.csv"), "w", newline="") as f:
       w = csv.writer(f)
@@ -57,6 +58,8 @@ def predict(config, workdir, method, state, mesh, inputs, out_dir: Optional[str]
         w.writerow([p.path or "", p.category or "", p.threshold, f"{p.score:.6g}",
                     f"{p.normalized_score:.6g}", int(p.decision)])
     pixel_thr = float(stats.get("pixel_threshold") or 0.0)
+    bar = logging_utils.Progress("predict (overlays)", total=len(items), unit="images",
+                                 compiles=False)
     for i, (it, p) in enumerate(zip(items, preds)):
       image = (np.asarray(_original_rgb(it.path), np.float32) / 255.0 if it.path else
                prepare.as_float_rgb(it.array))
@@ -66,6 +69,8 @@ def predict(config, workdir, method, state, mesh, inputs, out_dir: Optional[str]
           title=f"{output_name(p.path, i)}: score {p.score:.4g} "
                 f"({p.normalized_score:.2f} x threshold, {p.threshold}) -> "
                 + ("ANOMALOUS" if p.decision else "normal"))
+      bar.update()
+    bar.done()
     n_bad = sum(p.decision for p in preds)
     print(f"scores: {os.path.join(out_dir, 'scores.csv')} ({len(preds)} images, {n_bad} anomalous)")
   return {"paths": [p.path for p in preds], "scores": np.asarray([p.score for p in preds]),

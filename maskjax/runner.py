@@ -44,6 +44,9 @@ def run(config, workdir: str, mode: str = "train", predict_dir: Optional[str] = 
   if mode == "plan":  # nothing trained, compiled or locked; writes plan.json only
     from maskjax import plan
     return plan.run_plan(config, workdir, data)
+  if mode == "train":  # before any data or model work
+    from maskjax.methods import check_pretrained
+    check_pretrained(config)
   mesh_lib.maybe_initialize_distributed()
   workdir = os.path.abspath(workdir)
   writer = jax.process_index() == 0
@@ -109,9 +112,7 @@ def _run_per_category(config, workdir, mode, categories, data, evaluate_after_tr
 
 
 def _run_mode(config, workdir, mode, predict_dir, data, evaluate_after_train, output_dir):
-  from maskjax.methods import build_method, check_pretrained
-  if mode == "train":
-    check_pretrained(config)  # before any data or model work
+  from maskjax.methods import build_method
   if mode == "predict":
     from maskjax.data import prepare
     paths_dir = predict_dir or str(config.eval.predict_dir)

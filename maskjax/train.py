@@ -165,7 +165,9 @@ def train_stage(config, workdir: str, stage, stage_index: int, previous_state: P
     logger = logging_utils.MetricLogger(workdir, stage=stage.name, total_steps=stage.steps,
                                         start_step=step,
                                         progress_bar=bool(tcfg.progress_bar),
-                                        later_steps=later_steps)
+                                        later_steps=later_steps,
+                                        then=f"then evaluation of {len(splits.val)} validation + "
+                                             f"{len(splits.test)} test images")
     pending: list[tuple[int, dict]] = []
     first = True
     try:

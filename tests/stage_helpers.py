@@ -29,3 +29,23 @@ def build(config, num_train: int = 16):
 def stages(method):
   """The method's stages, resolved and built as the loop does."""
   return train_state.resolve_stages(method, method.config)
+
+
+def write_counts_dataset(root, counts: dict, size: int = 8) -> str:
+  """An MVTec-layout dataset under `root` with `counts[category]` training
+  normals (random images) and one good + one defective test image each."""
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(0)
+  for cat, n in counts.items():
+    for split, kind, count in (("train", "good", n), ("test", "good", 1), ("test", "hole", 1)):
+      d = root / cat / split / kind
+      d.mkdir(parents=True)
+      for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), np.uint8)).save(d / f"{i:03d}.png")
+    m = root / cat / "ground_truth" / "hole"
+    m.mkdir(parents=True)
+    mask = np.zeros((size, size), np.uint8)
+    mask[size // 4:size // 2, size // 4:size // 2] = 255
+    Image.fromarray(mask).save(m / "000_mask.png")
+  return str(root)

@@ -11,9 +11,7 @@ import math
 import os
 import sys
 
-import numpy as np
 import pytest
-from PIL import Image
 
 sys.path.insert(0, os.path.dirname(__file__))
 import stage_helpers  # noqa: E402
@@ -28,20 +26,7 @@ COUNTS = {"a": 20, "b": 30, "c": 40}
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> str:
-  root = tmp_path_factory.mktemp("mvtec")
-  rng = np.random.default_rng(0)
-  for cat, n in COUNTS.items():
-    for split, kind, count in (("train", "good", n), ("test", "good", 1), ("test", "hole", 1)):
-      d = root / cat / split / kind
-      d.mkdir(parents=True)
-      for i in range(count):
-        Image.fromarray(rng.integers(0, 255, (8, 8, 3), np.uint8)).save(d / f"{i:03d}.png")
-    m = root / cat / "ground_truth" / "hole"
-    m.mkdir(parents=True)
-    mask = np.zeros((8, 8), np.uint8)
-    mask[2:4, 2:4] = 255
-    Image.fromarray(mask).save(m / "000_mask.png")
-  return str(root)
+  return stage_helpers.write_counts_dataset(tmp_path_factory.mktemp("mvtec"), COUNTS)
 
 
 def _info(config, root):

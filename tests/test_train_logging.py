@@ -74,3 +74,47 @@ def test_evaluation_metrics_and_figures_reach_tensorboard(tmp_path):
   assert (12, "eval/aupro") not in values  # undefined metrics are left out
   img = values[(12, "eval/fig")].image
   assert (img.width, img.height) == (8, 6)
+
+
+def test_progress_lines_of_training_evaluation_and_predict(tmp_path, caplog):
+  """Every phase says how far it is: training ETA naming the evaluation that
+  follows, per-batch progress of calibration, evaluation and predict."""
+  import logging
+
+  from absl import logging as absl_logging
+  caplog.set_level(logging.INFO, logger="absl")
+  before = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:
+    _progress_lines(tmp_path, caplog)
+  finally:
+    absl_logging.set_verbosity(before)
+
+
+def _progress_lines(tmp_path, caplog):
+  import os
+
+  import numpy as np
+  from PIL import Image
+
+  sys.path.insert(0, os.path.dirname(__file__))
+  import helpers_toy_method as toy
+  from maskjax import runner
+
+  def lines():
+    return [r.getMessage() for r in caplog.records if r.name == "absl"]
+  cfg = toy.toy_config(**{"train.steps": 4, "eval.baseline": False, "eval.plots": False,
+                          "eval.num_heatmaps": 0})
+  runner.run(cfg, str(tmp_path / "w"), data=toy.ToyData())
+  assert any("training ETA" not in ln and "ETA" in ln and "[train] step 2/4" in ln
+             and "(then evaluation of 8 validation + 16 test images)" in ln for ln in lines()), lines()
+  assert any(ln.startswith("evaluation (test split): 2 batches") for ln in lines()), lines()
+  imgs = tmp_path / "imgs"
+  imgs.mkdir()
+  for i in range(3):
+    Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(imgs / f"{i}.png")
+  caplog.clear()
+  runner.run(cfg, str(tmp_path / "w"), mode="predict", predict_dir=str(imgs),
+             data=toy.ToyData())
+  assert any(ln.startswith("predict (scoring): 1 batches") for ln in lines()), lines()
+  assert any(ln.startswith("predict (overlays): 3 images in") for ln in lines()), lines()
