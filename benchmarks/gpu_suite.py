@@ -12,6 +12,8 @@ and torch installed and no network; each step has its own time limit):
   mala_stage1    MALA stage 1, MAE ViT-L/16 at 224, bf16: img/s, TFLOP/s, MFU
   aca_pretrain   ACA pretraining (ViT-S/16), APMask vs no masking
   data_pipeline  host input pipeline with 0, 4 and 16 workers
+  eval_throughput  scoring + metrics images/s per demo: host pipeline, device,
+                 serial vs pipelined `score_split`
 
 Results: one JSON per step in `<out>/gpu_<device>_parts/`, merged into
 `<out>/gpu_<device>.json` and a markdown table `<out>/gpu_<device>.md`.
@@ -62,6 +64,9 @@ STEPS = [
     ("data_pipeline", "data_pipeline",
      ["--workers", "0,4,16", "--seconds", "8", "--num_images", "64"],
      ["--workers", "0", "--seconds", "0.5", "--num_images", "4"], 60),
+    ("eval_throughput", "eval_throughput",
+     ["--methods", "riad,ssm,ear,aca,mala", "--repeats", "3"],
+     ["--methods", "riad", "--smoke"], 120),
 ]
 
 
@@ -111,6 +116,13 @@ def summarize(name: str, res: dict) -> list[dict]:
       rows.append(dict(step=name, what=f"ACA pretrain, masking {r.get('masking')}",
                        impl="maskjax", img_per_s=r.get("images_per_s"),
                        note=f"GFLOP/step {(r.get('flops_per_step') or 0) / 1e9:.2f}"))
+  elif name == "eval_throughput":
+    for r in res.get("rows", []):
+      for key, impl in (("serial_img_s", "serial"), ("pipelined_img_s", "pipelined")):
+        rows.append(dict(step=name, what=f"{r['method']} demo eval {r['image_size']} px",
+                         impl=impl, img_per_s=r.get(key),
+                         note=f"host {r.get('host_img_s') or 0:.0f} img/s, metrics "
+                              f"{r.get('metrics_s') or 0:.2f} s"))
   elif name == "data_pipeline":
     for r in res.get("results", []):
       rows.append(dict(step=name, what=f"pipeline {r['workers']} workers", impl="host",

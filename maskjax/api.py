@@ -100,7 +100,8 @@ class Detector:
 
     from maskjax import logging_utils
     if self._score is None:
-      self._score = jax.jit(self.method.score)
+      from maskjax.evaluate import jitted
+      self._score = jitted(self.method, "score")
     images = np.asarray(images, np.float32)
     n = images.shape[0]
     cats = np.zeros((n,), np.int32) if category_ids is None else np.asarray(category_ids,

@@ -56,30 +56,61 @@ def calibration_args(calibration: dict) -> dict:
   return jax.tree.map(lambda v: v if isinstance(v, jax.Array) else np.asarray(v), calibration)
 
 
+def jitted(method, name: str):
+  """`jax.jit(getattr(method, name))`, built once per method object: the
+  validation split, the test split and predict then reuse one compiled
+  program (a fresh `jax.jit` of a bound method misses jit's cache)."""
+  cache = method.__dict__.setdefault("_jitted", {})
+  if name not in cache:
+    cache[name] = jax.jit(getattr(method, name))
+  return cache[name]
+
+
 def score_split(config, method, state, calibration, mesh, records, data: DataAPI,
-                keep_maps: bool = True, what: str = "scoring") -> dict:
+                keep_maps: bool = True, what: str = "scoring", pipelined: bool = True) -> dict:
   """Score every record: -> {"image_score" [N], "anomaly_map" [N,H,W] (if keep_maps),
   "label" [N], "mask" [N,H,W] (if keep_maps), "index" [N]} in record order.
-  Logs progress with an ETA (`what` names the job: "calibration", "evaluation")."""
-  score_fn = jax.jit(method.score)
+  Logs progress with an ETA (`what` names the job: "calibration", "evaluation").
+
+  `pipelined`: batch i + 1 is dispatched (asynchronously) before the outputs
+  of batch i are fetched, so the device scores while the host loads the next
+  images and copies the previous results; one device-to-host transfer per
+  batch, of the outputs that are kept. Same values either way."""
+  score_fn = jitted(method, "score")
   bs = int(config.input.eval_batch_size)
   progress = logging_utils.Progress(what, total=-(-len(records) // bs), unit="batches")
   mesh_lib.per_host_batch_size(bs, jax.device_count(), jax.process_count(),
                                "input.eval_batch_size")
   cal = calibration_args(calibration)
   parts = {k: [] for k in ("image_score", "anomaly_map", "label", "mask", "index")}
-  for host_batch in data.eval_batches(config.input, records, global_batch_size=bs,
-                                      process_index=jax.process_index(),
-                                      process_count=jax.process_count()):
-    out = _gather(score_fn(state, data.to_global(host_batch, mesh), cal))
+
+  def collect(host_batch, out):
+    kept = {"image_score": out["image_score"]}
+    if keep_maps:
+      kept["anomaly_map"] = out["anomaly_map"]
+    kept = _gather(kept)
     valid = _gather_local(host_batch["valid"]).astype(bool)
-    parts["image_score"].append(np.asarray(out["image_score"], np.float32)[valid])
+    parts["image_score"].append(np.asarray(kept["image_score"], np.float32)[valid])
     parts["index"].append(_gather_local(host_batch["index"])[valid])
     parts["label"].append(_gather_local(host_batch["label"])[valid])
     if keep_maps:
-      parts["anomaly_map"].append(np.asarray(out["anomaly_map"], np.float32)[valid])
+      parts["anomaly_map"].append(np.asarray(kept["anomaly_map"], np.float32)[valid])
       parts["mask"].append(_gather_local(host_batch["mask"])[valid])
     progress.update()
+
+  pending = None
+  for host_batch in data.eval_batches(config.input, records, global_batch_size=bs,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count()):
+    out = score_fn(state, data.to_global(host_batch, mesh), cal)  # dispatched, not awaited
+    if pending is not None:
+      collect(*pending)
+    pending = (host_batch, out)
+    if not pipelined:
+      collect(*pending)
+      pending = None
+  if pending is not None:
+    collect(*pending)
   progress.done()
   res = {k: np.concatenate(v) for k, v in parts.items() if v}
   order = np.argsort(res["index"], kind="stable") if "index" in res else None
@@ -91,7 +122,7 @@ def _method_calibration(config, method, state, mesh, splits, data) -> dict:
   over the validation split (padding dropped)."""
   if not method.calibrates:
     return {}
-  fn = jax.jit(method.calibration_stats)
+  fn = jitted(method, "calibration_stats")
   stats, cids = [], []
   bs = int(config.input.eval_batch_size)
   for b in data.eval_batches(config.input, splits.val, global_batch_size=bs,

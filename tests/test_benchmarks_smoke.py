@@ -8,7 +8,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STEPS = ("torch_twins", "ssm_inference", "train_step", "mala_stage1", "aca_pretrain",
-         "data_pipeline")
+         "data_pipeline", "eval_throughput")
 
 
 def test_gpu_suite_smoke(tmp_path):
@@ -34,6 +34,8 @@ def test_gpu_suite_smoke(tmp_path):
   assert ("riad_unet", "train_step") in phases and ("mae_vit_l16", "train_step") in phases
   ssm = res["steps"]["ssm_inference"]["result"]
   assert ssm["pytorch_twin_per_image_loop"]["iterations_equal"]
+  (ev,) = res["steps"]["eval_throughput"]["result"]["rows"]
+  assert ev["serial_equals_pipelined"] and ev["pipelined_img_s"] > 0
   assert res["table"], "no summary rows"
   assert (tmp_path / files[0].replace(".json", ".md")).exists()
   # nothing written into the repository's results folder
