@@ -138,6 +138,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.schedule = "warmup_cosine"
   c.optim.warmup_init_lr = 1e-5
   c.optim.end_lr = 1e-6
+  # -- protocol (docs/RECIPES.md) ------------------------------------------------
+  c.train.protocol = "per_category"          # one model per category, as the paper
+  c.input.train_on_val = True                # train on every normal, as the paper
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
 
@@ -166,6 +169,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     f.jitter = 0.3
     c.train.log_every = 25
     c.train.checkpoint_every = 100
+    c.train.protocol = "unified"             # one demo model over the demo categories
+    c.input.train_on_val = False
+    c.model.allow_random_init = True         # no pretrained weights ship with the demo
     c.eval.num_heatmaps = 2
 
   if "random_mask" in variants and "no_mask" in variants:

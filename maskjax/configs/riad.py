@@ -62,6 +62,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.schedule = "constant"
 
   # -- training ---------------------------------------------------------------------
+  # -- protocol (docs/RECIPES.md) ------------------------------------------------
+  c.train.protocol = "per_category"          # one model per category, as the paper
+  c.input.train_on_val = True                # train on every normal, as the paper
   c.train.steps = 0
   c.train.epochs = 300
   c.train.log_every = 50
@@ -77,6 +80,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.lr = 1e-3
     c.train.steps = 300
     c.train.epochs = 0
+    c.train.protocol = "unified"             # one demo model over the demo categories
+    c.input.train_on_val = False
     c.train.log_every = 50
     c.train.checkpoint_every = 300
     c.eval.num_heatmaps = 2

@@ -97,6 +97,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.decay_factor = 0.5
 
   # -- training ---------------------------------------------------------------------
+  # -- protocol (docs/RECIPES.md) ------------------------------------------------
+  c.train.protocol = "per_category"          # one model per category, as the paper
+  # validation normals stay held out: they calibrate eta (Algorithm 1), which
+  # must not see images the network was trained on
+  c.input.train_on_val = False
   c.train.steps = 0
   c.train.epochs = 300
   c.train.log_every = 50
@@ -116,6 +121,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.schedule = "constant"
     c.train.steps = 800
     c.train.epochs = 0
+    c.train.protocol = "unified"             # one demo model over the demo categories
     c.train.checkpoint_every = 800
     c.eval.num_heatmaps = 2
   if "no_mam" in variants:

@@ -60,7 +60,7 @@ def init_sources(config) -> dict[str, str]:
   paper starts from pretrained weights (`Method.pretrained`)."""
   cls = get_method_class(config.method.name)
   out = {}
-  for p in cls.pretrained:
+  for p in cls.pretrained_modules(config):
     section, name = p.key.split(".")
     path = str(config[section][name])
     out[p.module] = path or "random init"
@@ -73,7 +73,7 @@ def check_pretrained(config) -> None:
   cls = get_method_class(config.method.name)
   if bool(config.model.allow_random_init):
     return
-  for p in cls.pretrained:
+  for p in cls.pretrained_modules(config):
     section, name = p.key.split(".")
     if not str(config[section][name]):
       raise ConfigError(

@@ -232,6 +232,12 @@ class Method:
     self.config = config
     self.data = data
 
+  @classmethod
+  def pretrained_modules(cls, config) -> tuple[PretrainedWeights, ...]:
+    """The `pretrained` modules this config actually uses (a method whose
+    config can switch the pretrained part off overrides this)."""
+    return cls.pretrained
+
   # -- training -------------------------------------------------------------
   def stages(self) -> list[Stage]:
     raise NotImplementedError

@@ -92,7 +92,7 @@ from flax import nnx
 
 from maskjax import train_utils
 from maskjax.errors import ConfigError
-from maskjax.methods.base import Duration, Method, Stage
+from maskjax.methods.base import Duration, Method, PretrainedWeights, Stage
 from maskjax.methods.aca import heads as aca_heads
 from maskjax.models import vit as vit_lib
 from maskjax.ops import cutpaste, losses, masks, normalize, sinkhorn
@@ -240,6 +240,13 @@ def _view_major(x: jax.Array) -> jax.Array:
 class Aca(Method):
   name = "aca"
   uses_init_from = True
+  pretrained = (PretrainedWeights(
+      key="model.init_from", module="ViT-S/16 encoder",
+      source="dino_deitsmall16_pretrain.pth (https://dl.fbaipublicfiles.com/dino/"
+             "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth)",
+      convert="python -m maskjax.weights.convert dino_deitsmall16_pretrain.pth OUT "
+              "--arch vit_small_patch16"),)
+  input_normalization = "ImageNet mean / std"
 
   def __init__(self, config, data):
     super().__init__(config, data)

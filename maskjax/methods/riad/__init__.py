@@ -50,6 +50,7 @@ class Riad(Method):
   as model_state."""
 
   name = "riad"
+  input_normalization = "mean = std = 0.5 (images in [-1, 1])"
 
   def __init__(self, config, data):
     super().__init__(config, data)

@@ -165,6 +165,7 @@ class Ssm(Method):
   as model_state."""
 
   name = "ssm"
+  input_normalization = "mean = std = 0.5 (images in [-1, 1])"
 
   def __init__(self, config, data):
     super().__init__(config, data)
