@@ -129,6 +129,13 @@ class PretrainedWeights:
   source: str
   convert: str
 
+  @classmethod
+  def from_url(cls, key: str, module: str, url: str, arch: str) -> "PretrainedWeights":
+    """The authors' published .pth at `url`, converted for `arch`."""
+    name = url.rsplit("/", 1)[-1]
+    return cls(key=key, module=module, source=f"{name} ({url})",
+               convert=f"python -m maskjax.weights.convert {name} OUT --arch {arch}")
+
 
 @dataclasses.dataclass
 class Stage:

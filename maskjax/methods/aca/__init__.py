@@ -240,12 +240,11 @@ def _view_major(x: jax.Array) -> jax.Array:
 class Aca(Method):
   name = "aca"
   uses_init_from = True
-  pretrained = (PretrainedWeights(
-      key="model.init_from", module="ViT-S/16 encoder",
-      source="dino_deitsmall16_pretrain.pth (https://dl.fbaipublicfiles.com/dino/"
-             "dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth)",
-      convert="python -m maskjax.weights.convert dino_deitsmall16_pretrain.pth OUT "
-              "--arch vit_small_patch16"),)
+  pretrained = (PretrainedWeights.from_url(
+      "model.init_from", "ViT-S/16 encoder",
+      "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/"
+      "dino_deitsmall16_pretrain.pth",
+      arch="vit_small_patch16"),)
   input_normalization = "ImageNet mean / std"
 
   def __init__(self, config, data):
