@@ -34,8 +34,11 @@ Settings the paper gives: U-Net of 5 conv-BN-LeakyReLU x3 blocks, kernel 3 or 5,
 LAMP(L2 + SSIM + MSGMS(3 scales)), lr in {1e-3, 1e-4, 1e-5} with fixed, warm-up
 or SGDR schedules (Table 2, `configs/sweeps/ear_grid.py`). Not given, our
 choices [decision]: Adam, lr 1e-4 fixed, batch 8, 300 epochs (as RIAD, which
-the paper follows), U-Net widths 64-512 (RIAD's), loss weights 1/3 each (LAMP
-needs the combined loss below 1). The loop converts epochs to steps with the
+the paper follows), U-Net widths 64-512 (RIAD's). From the author's code
+(YeongHyeon/RIAD-PyTorch, the U-Net the paper describes): skips taken before
+each stride-2 conv (model.skips), loss weights 1 each, torchgeometry's SSIM
+loss (method.ssim_loss); the demo keeps the previous after-stride skips,
+1 - SSIM and weights 1/3. The loop converts epochs to steps with the
 data size (train.epochs x ceil(training images / batch)); --config.train.steps=N
 gives the steps directly.
 """
@@ -65,6 +68,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model.unet_widths = (64, 128, 256, 512, 512)  # recovery U-Net levels (RIAD's widths)
   c.model.kernel_size = 3                       # Table 2: 3 or 5
   c.model.negative_slope = 0.01                 # LeakyReLU slope of the U-Net blocks
+  # U-Net skips: "before_stride" (author's code: skip before each stride-2 conv, incl. a
+  # full-resolution one) | "after_stride" (previous layout: after the stride, none at full res)
+  c.model.skips = "before_stride"
 
   # -- method ---------------------------------------------------------------
   c.method.name = "ear"
@@ -78,8 +84,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method.mosaic_table = True                  # look category names up in Table 1 (MVTec AD)
   c.method.mosaic_file = ""                     # fit_mosaic's mosaic.json ("" = none)
   c.method.msgms_scales = 3                     # MSGMS pyramid levels (loss and score map)
-  # LAMP(l2 * L2 + ssim * (1 - SSIM) + msgms * MSGMS); sum kept below 1 for LAMP
-  c.method.loss_weights = ml_collections.ConfigDict({"l2": 1 / 3, "ssim": 1 / 3, "msgms": 1 / 3})
+  # LAMP(l2 * L2 + ssim * L_ssim + msgms * MSGMS); 1 each = the author's unit-weighted sum
+  # (previous: 1/3 each, to keep the sum below 1)
+  c.method.loss_weights = ml_collections.ConfigDict({"l2": 1.0, "ssim": 1.0, "msgms": 1.0})
+  # L_ssim: "torchgeometry" mean(clamp(1 - SSIM, 0, 1) / 2) (author's code) | "kornia"
+  # mean(clamp((1 - SSIM) / 2, 0, 1)) | "one_minus" 1 - mean(SSIM) (previous)
+  c.method.ssim_loss = "torchgeometry"
   c.method.lamp = True                          # loss -log(1 - L) (LAMP); False: the plain sum L
   c.method.spectral_work_size = 64              # spectral-residual saliency only
   c.method.spectral_blur_sigma = 2.5            # spectral residual: Gaussian blur sigma (work px)
@@ -96,6 +106,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 0
 
   # -- training ---------------------------------------------------------------------
+  # -- protocol (docs/RECIPES.md) ------------------------------------------------
+  c.train.protocol = "per_category"          # one model per category, as the paper
+  c.input.train_on_val = True                # train on every normal, as the paper
   c.train.steps = 0
   c.train.epochs = 300
   c.train.log_every = 50
@@ -113,6 +126,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.batch_size = 8
     c.input.eval_batch_size = 16
     c.model.unet_widths = (16, 32, 64, 64, 64)
+    c.model.skips = "after_stride"             # legacy layout (demo metrics unchanged)
+    c.method.ssim_loss = "one_minus"           # legacy SSIM loss
+    c.method.loss_weights = ml_collections.ConfigDict({"l2": 1 / 3, "ssim": 1 / 3, "msgms": 1 / 3})
     c.model.saliency_arch = "vit_tiny_patch8"
     c.method.saliency_source = "spectral_residual" if variant == "demo" else "vit"
     c.method.mosaic = "fixed"
@@ -121,6 +137,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.lr = 1e-3
     c.train.steps = 600
     c.train.epochs = 0
+    c.train.protocol = "unified"             # one demo model over the demo categories
+    c.input.train_on_val = False
+    c.model.allow_random_init = True         # no pretrained weights ship with the demo
     c.train.log_every = 50
     c.train.checkpoint_every = 300
     c.eval.num_heatmaps = 2

@@ -28,10 +28,13 @@ train step and `score`:
      each distinct scale (a small static set) and selected per example.
   4. recovery: EarUNet(normalize.half(I')) -> tanh output, mapped back to
      [0, 1] (`normalize.half_inverse`) = Î.
-  5. loss (training, BatchNorm in train mode): LAMP(w_l2 L2 + w_ssim (1 - SSIM)
+  5. loss (training, BatchNorm in train mode): LAMP(w_l2 L2 + w_ssim L_ssim
      + w_msgms MSGMS(3 scales)) with LAMP(L) = -log(1 - clamp(L, 0, 1 - 1e-6))
-     (`maskjax.ops.losses.lamp`; the gradient is zero where the clamp bites,
-     so the weights are chosen to keep L < 1: default 1/3 each [decision]).
+     (`maskjax.ops.losses.lamp`; the gradient is zero where the clamp bites).
+     L_ssim per `config.method.ssim_loss` (`core.ssim_loss`): full =
+     "torchgeometry" mean(clamp(1 - SSIM, 0, 1) / 2) with weights 1 each (the
+     author's code: unit-weighted sum); demo = "one_minus" 1 - SSIM, 1/3 each.
+     The U-Net's skip layout is `config.model.skips` (`unet.EarUNet`).
   6. score (BatchNorm running averages): anomaly_map = MSGMS distance map
      (3 scales, "riad" variant) between I and Î, image_score = its maximum.
 
@@ -58,10 +61,10 @@ from flax import nnx
 
 from maskjax import train_utils
 from maskjax.errors import ConfigError
-from maskjax.methods.base import Duration, Method, Stage
+from maskjax.methods.base import Duration, Method, PretrainedWeights, Stage
 from maskjax.methods.ear import core
 from maskjax.methods.ear.unet import EarUNet
-from maskjax.ops import gms, losses, normalize, ssim
+from maskjax.ops import gms, losses, normalize
 
 
 class Ear(Method):
@@ -70,6 +73,17 @@ class Ear(Method):
   `saliency_source == "vit"`."""
 
   name = "ear"
+  pretrained = (PretrainedWeights.from_url(
+      "model.saliency_init_from", "DINO ViT-S/8 saliency backbone",
+      "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_pretrain/"
+      "dino_deitsmall8_pretrain.pth",
+      arch="vit_small_patch8"),)
+  input_normalization = "U-Net: [0, 1] images; saliency ViT: ImageNet mean / std"
+
+  @classmethod
+  def pretrained_modules(cls, config):
+    # the weight-free spectral-residual saliency has no pretrained part
+    return cls.pretrained if str(config.method.saliency_source) == "vit" else ()
 
   def __init__(self, config, data):
     super().__init__(config, data)
@@ -81,6 +95,14 @@ class Ear(Method):
     self.widths = tuple(int(w) for w in mo.unet_widths)
     self.kernel_size = int(mo.kernel_size)
     self.negative_slope = float(mo.negative_slope)
+    from maskjax.methods.ear.unet import SKIPS
+    self.skips = str(mo.skips)
+    if self.skips not in SKIPS:
+      raise ConfigError(f"config.model.skips = {self.skips!r}; known: {', '.join(SKIPS)}")
+    self.ssim_convention = str(m.ssim_loss)
+    if self.ssim_convention not in core.SSIM_LOSSES:
+      raise ConfigError(f"config.method.ssim_loss = {self.ssim_convention!r}; known: "
+                        f"{', '.join(core.SSIM_LOSSES)}")
     self.source = str(m.saliency_source)
     if self.source not in core.SALIENCY_SOURCES:
       raise ConfigError(f"config.method.saliency_source = {self.source!r}; known: "
@@ -97,8 +119,7 @@ class Ear(Method):
                         f"{', '.join(core.MOSAIC_MODES)}")
     self.msgms_scales = int(m.msgms_scales)
     w = m.loss_weights
-    self.w = ({"l2": float(w.l2), "ssim": float(w.ssim), "msgms": float(w.msgms)} if w is not None
-              else {"l2": 1 / 3, "ssim": 1 / 3, "msgms": 1 / 3})
+    self.w = {"l2": float(w.l2), "ssim": float(w.ssim), "msgms": float(w.msgms)}
     self.use_lamp = bool(m.lamp)
     self.sr_work_size = int(m.spectral_work_size)
     self.sr_sigma = float(m.spectral_blur_sigma)
@@ -115,7 +136,8 @@ class Ear(Method):
 
   # -- models -----------------------------------------------------------------
   def _unet(self, rngs: nnx.Rngs) -> EarUNet:
-    return EarUNet(self.widths, self.kernel_size, negative_slope=self.negative_slope, rngs=rngs)
+    return EarUNet(self.widths, self.kernel_size, negative_slope=self.negative_slope,
+                   skips=self.skips, rngs=rngs)
 
   def _vit(self, rngs: nnx.Rngs):
     from maskjax.models import vit
@@ -233,8 +255,15 @@ class Ear(Method):
 
   def loss_terms(self, recon01: jax.Array, x01: jax.Array) -> dict:
     return {"l2": jnp.mean(jnp.square(recon01 - x01)),
-            "ssim": ssim.ssim_loss(recon01, x01, data_range=1.0),
+            "ssim": core.ssim_loss(recon01, x01, self.ssim_convention),
             "msgms": gms.msgms_loss(recon01, x01, self.msgms_scales)}
+
+  def objective(self, recon01: jax.Array, x01: jax.Array) -> tuple[jax.Array, dict, jax.Array]:
+    """-> (training loss, {term: value}, combined L = sum_n w_n term_n); the
+    loss is LAMP(L) (eq. 5) when `config.method.lamp`, else L."""
+    terms = self.loss_terms(recon01, x01)
+    comb = sum(self.w[n] * v for n, v in terms.items())
+    return (losses.lamp(comb) if self.use_lamp else comb), terms, comb
 
   # -- training ---------------------------------------------------------------
   def stages(self) -> list[Stage]:
@@ -253,9 +282,7 @@ class Ear(Method):
 
     def loss_fn(params, state, batch, rng, step):
       recon, rest = self.recover(params, state["model_state"], batch["xp"], train=True)
-      terms = self.loss_terms(recon, batch["x"])
-      comb = sum(self.w[n] * v for n, v in terms.items())
-      loss = losses.lamp(comb) if self.use_lamp else comb
+      loss, terms, comb = self.objective(recon, batch["x"])
       aux = {f"loss/{n}": v for n, v in terms.items()}
       aux["loss/comb"] = comb
       aux["mask_fraction"] = jnp.mean(batch["s"])
@@ -294,9 +321,9 @@ class Ear(Method):
            "mask": f"S = A > mean + {self.sigma} std (per image, population std)",
            "obfuscation": ("mosaic hint (eq. 1)" if self.obfuscation == "mosaic"
                            else "binary (EAR w/o obf): excised region set to 0"),
-           "model": f"EarUNet widths={self.widths} kernel={self.kernel_size}",
+           "model": f"EarUNet widths={self.widths} kernel={self.kernel_size} skips={self.skips}",
            "loss": (("LAMP(" if self.use_lamp else "(") +
-                    f"{self.w['l2']:.3g} L2 + {self.w['ssim']:.3g} SSIM + "
+                    f"{self.w['l2']:.3g} L2 + {self.w['ssim']:.3g} SSIM[{self.ssim_convention}] + "
                     f"{self.w['msgms']:.3g} MSGMS({self.msgms_scales} scales))"),
            "score": f"MSGMS map ({self.msgms_scales} scales), image score = max",
            "value_range": "losses and scores on [0, 1] images; U-Net input mean=std=0.5"}

@@ -30,12 +30,14 @@ import numpy as np
 
 from maskjax.ops import filters
 from maskjax.ops import mosaic as mosaic_ops
+from maskjax.ops import ssim as ssim_ops
 
 Q3_SIGMA = 0.674
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mosaic_table.json")
 SALIENCY_SOURCES = ("vit", "spectral_residual")
 MOSAIC_MODES = ("m_hat", "m_star", "estimated", "fixed")
 OBFUSCATIONS = ("mosaic", "binary")
+SSIM_LOSSES = ("torchgeometry", "kornia", "one_minus")
 
 
 # ----------------------------------------------------------------------------
@@ -101,6 +103,30 @@ def excise(x: jax.Array, s: jax.Array, hint: jax.Array | None) -> jax.Array:
   s4 = s.astype(x.dtype)[..., None]
   kept = x * (1.0 - s4)
   return kept if hint is None else hint * s4 + kept
+
+
+# ----------------------------------------------------------------------------
+# SSIM loss conventions
+# ----------------------------------------------------------------------------
+def ssim_loss(recon: jax.Array, x: jax.Array, convention: str) -> jax.Array:
+  """Scalar SSIM loss of [B,H,W,C] images in [0, 1] (window 11, sigma 1.5,
+  zero padding 5, data range 1; `maskjax.ops.ssim.ssim_map`), per pixel and
+  channel then averaged over everything:
+
+    "torchgeometry": mean(clamp(1 - ssim, 0, 1) / 2), `torchgeometry.losses.SSIM`
+      (kornia <= 0.2's `SSIM` loss), what the author's code calls;
+    "kornia": mean(clamp((1 - ssim) / 2, 0, 1)), today's `kornia.losses.ssim_loss`
+      (equal to the first unless a pixel's SSIM is negative: there the first
+      is capped at 0.5, this one is not);
+    "one_minus": 1 - mean(ssim) (RIAD / DRAEM `pytorch_ssim`), twice the others.
+  """
+  if convention == "torchgeometry":
+    m = ssim_ops.ssim_map(recon, x, data_range=1.0)
+    return jnp.mean(jnp.clip(1.0 - m, 0.0, 1.0) / 2.0)
+  if convention in ("kornia", "one_minus"):
+    return ssim_ops.ssim_loss(recon, x, data_range=1.0, convention=convention)
+  raise ValueError(f"ear.core.ssim_loss: convention must be one of {SSIM_LOSSES}, "
+                   f"got {convention!r}")
 
 
 # ----------------------------------------------------------------------------
