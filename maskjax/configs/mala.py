@@ -122,6 +122,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method.stage1.batch_size = 128        # global batch of stage 1
   c.method.stage1.lr = 0.0                # 0 = 1e-3 * batch_size / 256 (paper)
   c.method.stage1.base_lr = 1e-3          # lr per 256 images of batch, when lr is 0
+  # stage-1 (and PLPM) lr schedule: warmup_cosine = MAE's per-step linear warm-up from
+  # optim.warmup_init_lr (0) then half-cycle cosine to optim.end_lr (0) | constant (before)
+  c.method.stage1.schedule = "warmup_cosine"
+  # warmup_cosine: share of stage 1 warming up, in whole epochs (MAE: 40 of 800; 100 of 2000)
+  c.method.stage1.warmup_fraction = 0.05
   c.method.stage2 = ml_collections.ConfigDict()
   c.method.stage2.epochs = 700            # balanced epochs of samples_per_category per category
   c.method.stage2.samples_per_category = 80  # training images drawn per category each epoch
@@ -130,6 +135,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method.stage2.base_lr = 1e-3          # lr per 256 images of batch, when lr is 0
   c.method.stage2.anomaly_prob = 0.8      # 64 of 80 samples per category anomalous
   c.method.stage2.local_prob = 0.5        # of anomalies: restricted to the foreground
+  # stage-2 texture source: False = refuse to train without input.texture_dir (the paper
+  # pastes DTD textures) | True = built-in procedural textures when input.texture_dir is empty
+  c.method.builtin_textures = False
   c.method.disc_lr = 0.0                  # PLPM lr; 0 = the stage-1 lr
 
   # -- optimiser (both stages; lr per stage above) ------------------------------------
@@ -137,7 +145,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.05
   c.optim.b1 = 0.9
   c.optim.b2 = 0.95
-  c.optim.schedule = "constant"
+  c.optim.schedule = "constant"           # stage 2 (paper: fixed lr); stage 1: method.stage1.schedule
+  # MAE's parameter groups (timm add_weight_decay): no decay for rank <= 1 tensors (biases,
+  # LayerNorm); cls_token / mask_token are decayed as in MAE pretraining | "all" (before)
+  c.optim.decay_mask = "no_bias_norm"
+  c.optim.no_decay_names = ()             # none: MAE pretraining skips no names (fixed pos_embed)
 
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
@@ -169,6 +181,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.eval_batch_size = 8
     c.train.steps = 2
     c.train.log_every = 1
+    c.method.builtin_textures = True        # smoke tests: no DTD here
+    c.model.allow_random_init = True        # smoke tests: no MAE weights here
 
   if "demo" in variants or "demo_multi" in variants:
     if "demo_multi" in variants:
@@ -179,6 +193,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.image_size = 64
     c.input.eval_batch_size = 32
     c.model.encoder = "vit_tiny_patch8"             # 8 x 8 tokens at 64 px
+    c.model.allow_random_init = True                # no pretrained weights ship with the demo
     c.model.encoder_overrides = ml_collections.ConfigDict()
     c.model.decoder_dim = 128
     c.model.decoder_depth = 2
@@ -197,6 +212,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.method.stage2.base_lr = 8e-3              # lr 1e-3
     c.method.stage2.local_prob = 0.8            # the demo's defects lie on the object
     c.optim.weight_decay = 0.05
+    # the demo keeps its measured recipe: constant lr, decay on every tensor, built-in textures
+    c.method.stage1.schedule = "constant"
+    c.optim.decay_mask = "all"
+    c.method.builtin_textures = True
     c.train.log_every = 20
     c.train.checkpoint_every = 100
     c.eval.num_heatmaps = 2

@@ -18,8 +18,12 @@ Stage 1 ("stage1", perceive normal patterns)
   log(1 - sigmoid(D(recon))) = 0.5 * mean softplus(D(recon)), which pushes D's
   output on reconstructions towards "original" (the eq.'s term on originals
   does not depend on the MAE and is left out of the gradient step; it is
-  reported in L_D). Optimiser AdamW (`config.optim`: wd 0.05, betas 0.9/0.95),
-  lr = base_lr * batch / 256 (paper), for the MAE and, separately, for D.
+  reported in L_D). Optimiser AdamW (`config.optim`: wd 0.05, betas 0.9/0.95,
+  `optim.decay_mask` "no_bias_norm": biases and LayerNorm parameters are not
+  decayed, as in MAE's timm parameter groups), peak lr = base_lr * batch / 256
+  (paper), for the MAE and, separately, for D; `stage1.schedule`
+  "warmup_cosine" = MAE's linear warm-up then half-cycle cosine, per step (see
+  `Mala._stage1_optim`), shared by D's optimiser.
 
 Stage 2 ("stage2", predict anomaly maps)
   The encoder is frozen: its parameters live under state["encoder"], outside
@@ -35,7 +39,10 @@ Stage 2 ("stage2", predict anomaly maps)
   as channel 0). Training images: Perlin-noise anomalies (`maskjax.ops.perlin`)
   with probability `stage2.anomaly_prob` (0.8 = 64 of 80), of which a
   fraction `stage2.local_prob` is restricted to the image's foreground
-  (`foreground_mask`), the rest global.
+  (`foreground_mask`), the rest global. Texture sources: the images under
+  `config.input.texture_dir` (DTD in the paper); without it the run is refused
+  (`check_textures`, at construction) unless `method.builtin_textures` asks
+  for the built-in procedural bank. Constant lr (paper: "fixed").
 
 Scoring
   end_to_end: anomaly_map = p (channel-0 probability) at the input size;
@@ -71,9 +78,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from maskjax import train_utils
+from maskjax import durations, train_utils
 from maskjax.errors import ConfigError
-from maskjax.methods.base import Duration, Method, Stage
+from maskjax.methods.base import Duration, Method, PretrainedWeights, Stage
 from maskjax.models import mae as mae_lib
 from maskjax.methods.mala import heads as mala_heads
 from maskjax.models import vit as vit_lib
@@ -81,6 +88,21 @@ from maskjax.ops import filters, losses, masks, normalize, ssim
 
 PyTree = Any
 SCORINGS = ("end_to_end", "reconstruction")
+STAGE1_SCHEDULES = ("warmup_cosine", "constant")
+DTD_URL = "https://www.robots.ox.ac.uk/~vgg/data/dtd/"
+
+
+def check_textures(config) -> None:
+  """Refuse, in one line, a stage-2 run that would paste built-in procedural
+  textures where the paper pastes DTD, unless `method.builtin_textures` asks
+  for them (ConfigError). No stage 2 (reconstruction scoring): no textures."""
+  m = config.method
+  if m.scoring != "end_to_end" or str(config.input.texture_dir) or m.builtin_textures:
+    return
+  raise ConfigError(
+      "mala: stage 2 pastes DTD textures (paper) and config.input.texture_dir is empty: "
+      f"download DTD from {DTD_URL} and pass --config.input.texture_dir=<dtd>/images, or set "
+      "--config.method.builtin_textures=True to use the built-in procedural textures")
 
 
 # ----------------------------------------------------------------------------
@@ -197,6 +219,12 @@ def _dotted(path) -> str:
 class Mala(Method):
   name = "mala"
   uses_init_from = True
+  pretrained = (PretrainedWeights.from_url(
+      "model.init_from", "MAE ViT-L/16 encoder + decoder",
+      "https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_large.pth",
+      arch="mae_vit_large_patch16"),)
+  input_normalization = "ImageNet mean / std"
+  uses_textures = True
 
   def __init__(self, config, data):
     super().__init__(config, data)
@@ -211,6 +239,13 @@ class Mala(Method):
     if m.scoring == "reconstruction" and not m.use_stage1:
       raise ConfigError("config.method.scoring='reconstruction' needs stage 1 "
                         "(config.method.use_stage1=True)")
+    if m.stage1.schedule not in STAGE1_SCHEDULES:
+      raise ConfigError(f"config.method.stage1.schedule={m.stage1.schedule!r}; known: "
+                        f"{', '.join(STAGE1_SCHEDULES)}")
+    if not 0.0 <= float(m.stage1.warmup_fraction) < 1.0:
+      raise ConfigError(f"config.method.stage1.warmup_fraction={m.stage1.warmup_fraction} "
+                        "must be in [0, 1)")
+    check_textures(config)  # before any training work
     self.dtype = train_utils.compute_dtype(config.train)
     self.img = int(config.input.image_size)
     enc_name = str(config.model.encoder)
@@ -278,9 +313,36 @@ class Mala(Method):
   def _stage_optim(self, stage_cfg):
     return self._optim_cfg(self._lr(stage_cfg))
 
-  def _disc_tx(self, steps: int):
-    lr = float(self.config.method.disc_lr) or self._lr(self.config.method.stage1)
-    return train_utils.make_optimizer(self._optim_cfg(lr), steps)
+  def _stage1_optim(self, stage_cfg):
+    """Stage 1's optimiser config: `config.optim` with the stage's lr and, for
+    "warmup_cosine", MAE's schedule (`util/lr_sched.adjust_learning_rate`, per
+    step): lr * epoch / W during W = round(warmup_fraction * epochs) whole
+    epochs, then end_lr + (lr - end_lr) (1 + cos(pi (epoch - W) / (E - W))) / 2,
+    epoch = step / steps_per_epoch; stages of fixed steps warm up for
+    warmup_fraction of them (`maskjax.durations.optimizer_config`)."""
+    o = self._stage_optim(stage_cfg)
+    if stage_cfg.schedule == "warmup_cosine":
+      fraction = float(stage_cfg.warmup_fraction)
+      epochs = int(self.stage_setting("train.epochs", stage_cfg.epochs))
+      o.schedule = "warmup_cosine"
+      o.warmup_steps = 0
+      o.warmup_epochs = int(round(fraction * epochs))
+      o.warmup_fraction = fraction
+    return o
+
+  def _disc_optim(self, stage):
+    """The PLPM's optimiser config: stage 1's (schedule lengths in steps), peak
+    lr `disc_lr` or the stage-1 lr."""
+    o = durations.optimizer_config(stage, self.config)
+    o.lr = float(self.config.method.disc_lr) or self._lr(self.config.method.stage1)
+    return o
+
+  def _disc_tx(self, stage):
+    return train_utils.make_optimizer(self._disc_optim(stage), stage.steps)
+
+  def disc_schedule(self, stage):
+    """The PLPM's learning rate per step (the schedule `_disc_tx` applies)."""
+    return train_utils.make_schedule(self._disc_optim(stage), stage.steps)
 
   def _duration(self, stage_cfg) -> Duration:
     return Duration(epochs=int(self.stage_setting("train.epochs", stage_cfg.epochs)),
@@ -297,7 +359,7 @@ class Mala(Method):
     out = []
     if m.use_stage1:
       s1 = m.stage1
-      stage1 = Stage("stage1", self._duration(s1), self._batch(s1), self._stage_optim(s1),
+      stage1 = Stage("stage1", self._duration(s1), self._batch(s1), self._stage1_optim(s1),
                      init_model=lambda rng, prev: self.init_stage1(rng, prev, stage1),
                      loss_fn=self.loss_stage1, prepare=self.prepare_stage1,
                      after_update=lambda *a: self.after_update_stage1(*a, stage=stage1),
@@ -374,7 +436,7 @@ class Mala(Method):
     extras = {}
     if self.config.method.use_plpm:
       extras = {"disc": fresh["disc"][0],
-                "disc_opt": self._disc_tx(stage.steps).init(fresh["disc"][0])}
+                "disc_opt": self._disc_tx(stage).init(fresh["disc"][0])}
     return mae_p, fresh["mae"][1], extras
 
   def prepare_stage1(self, state, batch, rng, step):
@@ -416,7 +478,7 @@ class Mala(Method):
 
     ex = old["extras"]
     (dl, acc), dg = jax.value_and_grad(d_loss_fn, has_aux=True)(ex["disc"])
-    dp, dopt = train_utils.apply_updates(self._disc_tx(stage.steps), ex["disc"],
+    dp, dopt = train_utils.apply_updates(self._disc_tx(stage), ex["disc"],
                                          ex["disc_opt"], dg)
     return dict(new, extras={"disc": dp, "disc_opt": dopt}), {"disc/loss": dl,
                                                               "disc/accuracy": acc}
@@ -500,6 +562,19 @@ class Mala(Method):
          "sampling": (f"balanced: {int(m.stage1.samples_per_category)} (stage 1) / "
                       f"{int(m.stage2.samples_per_category)} (stage 2) images per category "
                       "per epoch")}
+    if m.use_stage1:
+      s1 = m.stage1
+      d["stage1_lr_schedule"] = (
+          f"warmup_cosine (MAE): linear warm-up over {s1.warmup_fraction:g} of stage 1, "
+          "half-cycle cosine to config.optim.end_lr" if s1.schedule == "warmup_cosine"
+          else "constant")
+    d["weight_decay"] = (f"{self.config.optim.weight_decay:g}, "
+                         + ("not on rank <= 1 tensors (MAE parameter groups)"
+                            if self.config.optim.decay_mask == "no_bias_norm"
+                            else "on every tensor"))
     if m.scoring == "end_to_end":
-      d["anomaly_source"] = self.host_transform().source_description
+      src = self.host_transform().source_description
+      if not str(self.config.input.texture_dir):
+        src += " (config.method.builtin_textures=True)"
+      d["anomaly_source"] = src
     return d
