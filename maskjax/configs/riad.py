@@ -13,7 +13,16 @@ Demo (embedded demo data, all demo categories in one model, 2-core CPU):
 
   python -m maskjax.main --config=configs/riad.py:demo --workdir=/tmp/riad_demo
 
-Variants (`--config=configs/riad.py:VARIANT`): "full" (default), "demo".
+Variants (`--config=configs/riad.py:VARIANT`):
+  "full" (default)  the published settings with the public PyTorch code's
+                    conventions (taikiinoue45/RIAD): losses and score on the
+                    [-1, 1] tensors, no BN / ReLU after the up-convs.
+  "plutoyuxie"      as full with the plutoyuxie port's MSGMS and score: gray +
+                    3x3 median MSGMS, per-scale training loss, per-k 1/N^2
+                    weights and Gaussian sigma 7 smoothing of the score map.
+  "demo"            embedded demo data, small U-Net; keeps the previous
+                    conventions ([0, 1] losses, BN + ReLU after the up-convs)
+                    so its metrics are unchanged.
 
 Settings: 256 px, widths 64-512, k in {2, 4, 8, 16}, 3 disjoint masks per k,
 Adam lr 1e-4 with (PyTorch-style, coupled) weight decay 1e-5, batch 8, 300
@@ -27,7 +36,7 @@ import ml_collections
 
 from maskjax import config_base
 
-VARIANTS = ("full", "demo")
+VARIANTS = ("full", "demo", "plutoyuxie")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -43,15 +52,27 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # -- model ----------------------------------------------------------------
   c.model.widths = (64, 128, 256, 512, 512)  # encoder levels; decoder mirrors them
   c.model.upsample = "transpose"             # "transpose" (ConvTranspose 4x4 s2) | "nearest"
+  # after each decoder up-conv: "conv" (nothing; both RIAD ports' `upconv2x2` is a bare
+  # ConvTranspose2d, BN + ReLU follow the concat) | "conv_bn_relu" (previous: up-conv -> BN -> ReLU)
+  c.model.up_block = "conv"
 
   # -- method ---------------------------------------------------------------
   c.method.name = "riad"
   c.method.ks = (2, 4, 8, 16)                # grid cell sizes (pixels)
   c.method.num_masks = 3                     # disjoint masks per k
-  # loss = l2 * L2 + ssim * (1 - SSIM) + msgms * MSGMS, on [0, 1] images
+  # loss = l2 * L2 + ssim * (1 - SSIM) + msgms * MSGMS, in method.metric_space
   c.method.loss_weights = ml_collections.ConfigDict({"l2": 1.0, "ssim": 1.0, "msgms": 1.0})
+  # space of the L2 / SSIM / MSGMS losses and the score map: "half" (the mean = std = 0.5
+  # tensors in [-1, 1], constants unchanged: both RIAD ports) | "unit" (previous: [0, 1] images)
+  c.method.metric_space = "half"
   c.method.msgms_variant = "riad"            # "riad" (taikiinoue45) | "gray_median" (plutoyuxie)
   c.method.msgms_scales = 4                  # MSGMS pyramid levels, in the loss and the score map
+  # MSGMS training loss: "map" (mean of the resized multi-scale map, taikiinoue45 at HEAD) |
+  # "per_scale" (mean over scales of each scale's own map, the plutoyuxie port)
+  c.method.msgms_loss_reduction = "map"
+  # score map: "taikiinoue45" (MSGMS maps summed over k, score_filter box mean) | "plutoyuxie"
+  # (each k's map / N_k^2, N_k = image_size // k, summed, Gaussian sigma 7, reflect borders)
+  c.method.score_pipeline = "taikiinoue45"
   c.method.score_filter = 21                 # box filter size on the summed MSGMS map
   c.method.score_seed = 0                    # key of the fixed test-time masks
 
@@ -76,6 +97,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.batch_size = 4
     c.input.eval_batch_size = 16
     c.model.widths = (16, 32, 64, 64)
+    c.model.up_block = "conv_bn_relu"        # previous layout (demo metrics unchanged)
+    c.method.metric_space = "unit"           # previous [0, 1] losses and score
     c.method.ks = (2, 4, 8, 16)
     c.optim.lr = 1e-3
     c.train.steps = 300
@@ -85,4 +108,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.log_every = 50
     c.train.checkpoint_every = 300
     c.eval.num_heatmaps = 2
+  if variant == "plutoyuxie":
+    c.method.msgms_variant = "gray_median"
+    c.method.msgms_loss_reduction = "per_scale"
+    c.method.score_pipeline = "plutoyuxie"
   return c

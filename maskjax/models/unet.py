@@ -12,7 +12,22 @@ Convolutions match the PyTorch RIAD ports' shapes and paddings:
   ConvTranspose 4x4 stride 2 with PyTorch `padding=1` semantics (doubles H, W);
   every conv is followed by BatchNorm (PyTorch defaults: eps 1e-5, running
   averages updated with weight 0.1 = flax momentum 0.9) and ReLU, except the
-  output conv (tanh).
+  output conv (tanh) and, with `up_block="conv"`, the decoder's up-convs.
+
+Switches that follow the public PyTorch code (docs/RECIPES.md, RIAD / SSM):
+  up_block: "conv_bn_relu" (default, the previous layout): up-conv -> BN ->
+    ReLU; "conv": the up-conv alone, as both RIAD ports (`upconv2x2` is a bare
+    ConvTranspose2d or upsample + conv) and SSM's official code: the decoder
+    level's first BN + ReLU come after the concatenation.
+  up_kernel (nearest upsampling only): 3 (default: conv3x3, zero padding 1)
+    or 1 (SSM's official code: conv1x1, no padding).
+  mask_resize (SSM's mask attention): "half_pixel" (default,
+    `jax.image.resize` nearest: index floor((i + 0.5) * H / h)) or "floor"
+    (PyTorch `F.interpolate(mode="nearest")`, SSM's official code: index
+    floor(i * H / h), the top-left pixel of each block for integer factors).
+  encoder_input (SSM): "image_mask" (default: 4 input channels, I * M and M)
+    or "image" (the paper's Fig. 3 and the official code: the encoder sees
+    I * M only; the mask reaches the net through the mask attention modules).
 
 BatchNorm mode is chosen per call: `train=True` normalises with the batch
 statistics and updates the running averages; `train=False` uses the running
@@ -26,7 +41,8 @@ RiadUNet(widths=(64, 128, 256, 512, 512), in_channels=3, out_channels=3):
   `__call__(x [B,H,W,in], *, train) -> [B,H,W,out]`.
 
 SsmUNet(widths=..., use_mam=True): the same net with a 4-channel input
-  (image * mask, mask), the nearest-upsample decoder, a 4-channel tanh output
+  (image * mask, mask; 3 channels with `encoder_input="image"`), the
+  nearest-upsample decoder, a 4-channel tanh output
   (3 image channels + 1 mask channel, returned separately) and mask attention
   modules (SSM paper eq. 2) after the bottleneck and after each decoder level.
   `__call__(image [B,H,W,3], mask [B,H,W] (1 = visible), *, train)
@@ -35,10 +51,11 @@ SsmUNet(widths=..., use_mam=True): the same net with a 4-channel input
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from maskjax.errors import ConfigError
@@ -48,6 +65,10 @@ _P1 = ((1, 1), (1, 1))
 # Flax's default (lecun-normal) kernel init with chunked random bits: same values,
 # a fraction of the jit compile time (see maskjax.models.init_utils).
 _KINIT = init_utils.lecun_normal()
+UP_BLOCKS = ("conv_bn_relu", "conv")
+UP_KERNELS = (3, 1)
+MASK_RESIZES = ("half_pixel", "floor")
+ENCODER_INPUTS = ("image_mask", "image")
 
 
 def _bn(ch: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
@@ -69,24 +90,36 @@ class ConvBNReLU(nnx.Module):
 
 class Up(nnx.Module):
   """x2 upsampling to `cout` channels: ConvTranspose 4x4 s2 ("transpose") or
-  nearest x2 + conv3x3 ("nearest"), then BatchNorm + ReLU."""
+  nearest x2 + conv (`kernel` 3 or 1, "nearest"), then BatchNorm + ReLU
+  (`block="conv_bn_relu"`) or nothing (`block="conv"`, the PyTorch ports)."""
 
-  def __init__(self, cin: int, cout: int, *, mode: str, rngs: nnx.Rngs):
+  def __init__(self, cin: int, cout: int, *, mode: str, block: str = "conv_bn_relu",
+               kernel: int = 3, rngs: nnx.Rngs):
     if mode not in ("transpose", "nearest"):
       raise ValueError(f"upsample mode must be 'transpose' or 'nearest', got {mode!r}")
+    if block not in UP_BLOCKS:
+      raise ValueError(f"up_block must be one of {UP_BLOCKS}, got {block!r}")
+    if kernel not in UP_KERNELS:
+      raise ValueError(f"up_kernel must be one of {UP_KERNELS}, got {kernel!r}")
     self.mode = mode
+    self.block = block
     if mode == "transpose":
       # lax.conv_transpose "SAME" with k=4, s=2 pads (2, 2) = PyTorch padding=1.
       self.conv = nnx.ConvTranspose(cin, cout, (4, 4), strides=(2, 2), padding="SAME",
                                     kernel_init=_KINIT, rngs=rngs)
-    else:
+    elif kernel == 3:
       self.conv = nnx.Conv(cin, cout, (3, 3), padding=_P1, kernel_init=_KINIT, rngs=rngs)
-    self.bn = _bn(cout, rngs)
+    else:
+      self.conv = nnx.Conv(cin, cout, (1, 1), padding=((0, 0), (0, 0)), kernel_init=_KINIT,
+                           rngs=rngs)
+    if block == "conv_bn_relu":
+      self.bn = _bn(cout, rngs)
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     if self.mode == "nearest":
-      b, h, w, c = x.shape
       x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    if self.block == "conv":
+      return self.conv(x)
     return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
 
 
@@ -97,15 +130,18 @@ class MaskAttention(nnx.Module):
     out = x + conv3x3(relu(BN(conv3x3(concat(BN(x), m))))) * m.
   """
 
-  def __init__(self, ch: int, *, rngs: nnx.Rngs):
+  def __init__(self, ch: int, *, resize: str = "half_pixel", rngs: nnx.Rngs):
+    if resize not in MASK_RESIZES:
+      raise ValueError(f"mask_resize must be one of {MASK_RESIZES}, got {resize!r}")
+    self.resize = resize
     self.bn_in = _bn(ch, rngs)
     self.conv1 = nnx.Conv(ch + 1, ch, (3, 3), padding=_P1, kernel_init=_KINIT, rngs=rngs)
     self.bn_mid = _bn(ch, rngs)
     self.conv2 = nnx.Conv(ch, ch, (3, 3), padding=_P1, kernel_init=_KINIT, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
-    b, h, w, _ = x.shape
-    m = resize_mask(mask, h, w).astype(x.dtype)[..., None]
+    h, w = x.shape[1:3]
+    m = resize_mask(mask, h, w, self.resize).astype(x.dtype)[..., None]
     y = self.bn_in(x, use_running_average=not train)
     y = self.conv1(jnp.concatenate([y, m], axis=-1))
     y = nnx.relu(self.bn_mid(y, use_running_average=not train))
@@ -113,11 +149,25 @@ class MaskAttention(nnx.Module):
     return x + y * m
 
 
-def resize_mask(mask: jax.Array, h: int, w: int) -> jax.Array:
-  """Nearest resize of [B,H,W] masks to [B,h,w] (half-pixel centres, i.e. the
-  pixel at index floor((i + 0.5) * H / h))."""
+def resize_mask(mask: jax.Array, h: int, w: int, mode: str = "half_pixel") -> jax.Array:
+  """Nearest resize of [B,H,W] masks to [B,h,w].
+
+  "half_pixel": the pixel at index floor((i + 0.5) * H / h) (`jax.image.resize`
+  nearest, PyTorch "nearest-exact"); "floor": index floor(i * H / h), PyTorch's
+  `F.interpolate(mode="nearest")` (SSM's official code), computed in integers
+  (PyTorch computes i * (H / h) in float32: the same index whenever H / h is
+  an integer or a power-of-two fraction, i.e. at every U-Net level)."""
+  if mode not in MASK_RESIZES:
+    raise ValueError(f"resize_mask: mode must be one of {MASK_RESIZES}, got {mode!r}")
   if mask.shape[1:] == (h, w):
     return mask
+  if mode == "floor":
+    big_h, big_w = mask.shape[1:]
+    if big_h % h == 0 and big_w % w == 0:   # integer factors: the first pixel of each block
+      return mask[:, ::big_h // h, ::big_w // w]
+    rows = (np.arange(h) * mask.shape[1]) // h
+    cols = (np.arange(w) * mask.shape[2]) // w
+    return mask[:, rows][:, :, cols]
   return jax.image.resize(mask, (mask.shape[0], h, w), method="nearest")
 
 
@@ -125,7 +175,8 @@ class _UNetBody(nnx.Module):
   """Shared encoder/decoder; `mam` adds SSM's mask attention modules."""
 
   def __init__(self, widths: Sequence[int], in_channels: int, out_channels: int, *,
-               upsample: str, mam: bool, rngs: nnx.Rngs):
+               upsample: str, mam: bool, up_block: str = "conv_bn_relu", up_kernel: int = 3,
+               mask_resize: str = "half_pixel", rngs: nnx.Rngs):
     widths = tuple(int(w) for w in widths)
     if len(widths) < 2:
       raise ValueError(f"U-Net widths need at least 2 levels, got {widths}")
@@ -141,19 +192,21 @@ class _UNetBody(nnx.Module):
     self.dec = nnx.List()
     cur = widths[-1]
     for l in range(len(widths) - 2, -1, -1):
-      self.ups.append(Up(cur, widths[l], mode=upsample, rngs=rngs))
+      self.ups.append(Up(cur, widths[l], mode=upsample, block=up_block, kernel=up_kernel,
+                         rngs=rngs))
       self.dec.append(nnx.List([ConvBNReLU(2 * widths[l], widths[l], rngs=rngs),
                                 ConvBNReLU(widths[l], widths[l], rngs=rngs)]))
       cur = widths[l]
     self.use_mam = mam
     if mam:
-      self.mam = nnx.List([MaskAttention(widths[-1], rngs=rngs)] + [
-          MaskAttention(widths[l], rngs=rngs) for l in range(len(widths) - 2, -1, -1)])
+      self.mam = nnx.List([MaskAttention(widths[-1], resize=mask_resize, rngs=rngs)] + [
+          MaskAttention(widths[l], resize=mask_resize, rngs=rngs)
+          for l in range(len(widths) - 2, -1, -1)])
     self.out = nnx.Conv(widths[0], out_channels, (3, 3), padding=_P1, kernel_init=_KINIT,
                         rngs=rngs)
 
   def __call__(self, x: jax.Array, mask, train: bool) -> jax.Array:
-    b, h, w, _ = x.shape
+    h, w = x.shape[1:3]
     factor = 2 ** (len(self.widths) - 1)
     if h % factor or w % factor:
       raise ValueError(f"U-Net input {h}x{w} must be divisible by {factor} "
@@ -181,9 +234,9 @@ class RiadUNet(nnx.Module):
 
   def __init__(self, widths: Sequence[int] = (64, 128, 256, 512, 512), *,
                in_channels: int = 3, out_channels: int = 3, upsample: str = "transpose",
-               rngs: nnx.Rngs):
+               up_block: str = "conv_bn_relu", rngs: nnx.Rngs):
     self.body = _UNetBody(widths, in_channels, out_channels, upsample=upsample, mam=False,
-                          rngs=rngs)
+                          up_block=up_block, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     return self.body(x, None, train)
@@ -193,13 +246,22 @@ class SsmUNet(nnx.Module):
   """SSM conditional U-Net with image and mask heads; see the module docstring."""
 
   def __init__(self, widths: Sequence[int] = (64, 128, 256, 512, 512), *,
-               use_mam: bool = True, upsample: str = "nearest", rngs: nnx.Rngs):
-    self.body = _UNetBody(widths, 4, 4, upsample=upsample, mam=use_mam, rngs=rngs)
+               use_mam: bool = True, upsample: str = "nearest", up_block: str = "conv_bn_relu",
+               up_kernel: int = 3, mask_resize: str = "half_pixel",
+               encoder_input: str = "image_mask", rngs: nnx.Rngs):
+    if encoder_input not in ENCODER_INPUTS:
+      raise ValueError(f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}")
+    self.encoder_input = encoder_input
+    cin = 4 if encoder_input == "image_mask" else 3
+    self.body = _UNetBody(widths, cin, 4, upsample=upsample, mam=use_mam, up_block=up_block,
+                          up_kernel=up_kernel, mask_resize=mask_resize, rngs=rngs)
 
   def __call__(self, image: jax.Array, mask: jax.Array, *, train: bool = False
                ) -> tuple[jax.Array, jax.Array]:
     m = mask.astype(image.dtype)
-    x = jnp.concatenate([image * m[..., None], m[..., None]], axis=-1)
+    x = image * m[..., None]
+    if self.encoder_input == "image_mask":
+      x = jnp.concatenate([x, m[..., None]], axis=-1)
     out = self.body(x, m, train)
     return out[..., :3], out[..., 3]
 

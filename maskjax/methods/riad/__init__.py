@@ -10,36 +10,82 @@ pass that did not see it).
 
 Value ranges: batches arrive in [0, 1]; the U-Net sees mean = std = 0.5
 normalised images ([-1, 1]; masked pixels are 0 there, i.e. mid-grey) and its
-tanh output is in the same space. Every loss and score term is computed on
-images mapped back to [0, 1] (`normalize.half_inverse`), so SSIM uses
-C1, C2 of a dynamic range of 1 and L2 is the [0, 1] squared error (a quarter of
-the [-1, 1] one). (The PyTorch ports compute on the normalised tensors; we
-chose [0, 1] for every method so that SSIM constants mean the same thing.)
+tanh output is in the same space. `config.method.metric_space` picks the space
+of every loss and score term:
+  "half" (full config, both public RIAD ports): the [-1, 1] tensors the U-Net
+    sees and returns, with the constants unchanged (SSIM C1 = 0.01^2,
+    C2 = 0.03^2, GMS c = 0.0026). Relative to the data these constants are 4x
+    smaller than on [0, 1], L2 is 4x the [0, 1] one, and the zero-padded
+    borders of the SSIM / Prewitt filters see mid-grey instead of black;
+  "unit" (demo, the previous behaviour): images mapped back to [0, 1]
+    (`normalize.half_inverse`), SSIM with a dynamic range of 1.
 
 Loss = w_l2 * mean((r - x)^2) + w_ssim * (1 - mean SSIM(r, x)) +
-       w_msgms * mean(MSGMS map(r, x)), weights `config.method.loss_weights`.
+       w_msgms * MSGMS loss(r, x), weights `config.method.loss_weights`; the
+MSGMS loss is the mean of the resized multi-scale map ("map", taikiinoue45 at
+HEAD) or the mean over scales of each scale's own map ("per_scale", the
+plutoyuxie port), `config.method.msgms_loss_reduction`.
 
 Scoring: for each k in `config.method.ks`, the same 3 disjoint masks for every
 image (fixed key `config.method.score_seed` folded with k: deterministic),
 inpainting as in training with BatchNorm running averages, MSGMS distance map
-(`config.method.msgms_variant`, 4 scales). Maps are summed over k (REFERENCE:
-the taikiinoue45 port), filtered by a 21x21 box mean (zero padding 10, divisor
-441) and the image score is the maximum of the filtered map.
+(`config.method.msgms_variant`, 4 scales). `config.method.score_pipeline`:
+  "taikiinoue45": maps summed over k, filtered by a 21x21 box mean (zero
+    padding 10, divisor 441; `config.method.score_filter`);
+  "plutoyuxie" (that port's test.py, with its "gray_median" MSGMS): each k's
+    map weighted by 1 / N_k^2 with N_k = image size // k (the number of grid
+    cells per side), summed, then `scipy.ndimage.gaussian_filter(sigma=7)`
+    per image (reflect borders, radius int(4 * 7 + 0.5) = 28). The port's
+    MSGMS score map is (1 - sum_s GMS_s) / 4, ours 1 - sum_s GMS_s / 4: a
+    constant 3/4 apart, so the port's map = ours - 0.75 * sum_k 1 / N_k^2
+    everywhere (same ranking, same AUROC / AUPRO).
+The image score is the maximum of the filtered map.
 
 Duration: `config.train.epochs` over the training split (the loop converts
 epochs to steps with the data size); `config.train.steps` > 0 overrides.
 """
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from maskjax import train_utils
+from maskjax.errors import ConfigError
 from maskjax.methods.base import Duration, Method, Stage
-from maskjax.models.unet import RiadUNet, check_geometry
-from maskjax.ops import gms, masks as masks_lib, normalize, ssim
+from maskjax.models.unet import UP_BLOCKS, RiadUNet, check_geometry
+from maskjax.ops import filters, gms, normalize, ssim
+from maskjax.ops import masks as masks_lib
+
+METRIC_SPACES = ("half", "unit")
+SCORE_PIPELINES = ("taikiinoue45", "plutoyuxie")
+MSGMS_LOSS_REDUCTIONS = ("map", "per_scale")
+PLUTOYUXIE_SIGMA = 7.0     # test.py: gaussian_filter(score[i], sigma=7)
+
+
+def _choice(value, allowed: tuple, key: str):
+  """`value` if it is one of `allowed`, else a ConfigError naming `key`."""
+  if value not in allowed:
+    raise ConfigError(f"{key} = {value!r}; known: {', '.join(map(repr, allowed))}")
+  return value
+
+
+def gaussian_filter_reflect(m: jax.Array, sigma: float, truncate: float = 4.0) -> jax.Array:
+  """`scipy.ndimage.gaussian_filter(m[i], sigma)` for every map of [B,H,W]:
+  the normalised 1-D window exp(-t^2 / (2 sigma^2)), t = -r..r with
+  r = int(truncate * sigma + 0.5), applied along H then W on borders padded by
+  reflection including the edge pixel (scipy "reflect" = numpy "symmetric").
+  float32 result (scipy accumulates each line in float64)."""
+  radius = int(truncate * float(sigma) + 0.5)
+  t = np.arange(-radius, radius + 1, dtype=np.float64)
+  g = np.exp(-0.5 * t * t / float(sigma) ** 2)
+  g = (g / g.sum()).astype(np.float32)
+  x = jnp.pad(m.astype(jnp.float32)[..., None],
+              ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+  x = filters.depthwise_conv(x, g[:, None], "VALID")
+  x = filters.depthwise_conv(x, g[None, :], "VALID")
+  return x[..., 0]
 
 
 # ----------------------------------------------------------------------------
@@ -58,24 +104,32 @@ class Riad(Method):
     self.ks = tuple(int(k) for k in m.ks)
     self.widths = tuple(int(w) for w in config.model.widths)
     self.upsample = str(config.model.upsample)
+    self.up_block = _choice(str(config.model.up_block), UP_BLOCKS, "config.model.up_block")
     self.size = check_geometry(config, self.ks, self.widths, "riad")
     self.num_masks = int(m.num_masks)
     w = m.loss_weights
     self.w = {"l2": float(w.l2), "ssim": float(w.ssim), "msgms": float(w.msgms)}
-    self.msgms_variant = str(m.msgms_variant)
+    self.msgms_variant = _choice(str(m.msgms_variant), gms.VARIANTS,
+                                 "config.method.msgms_variant")
     self.msgms_scales = int(m.msgms_scales)
+    self.metric_space = _choice(str(m.metric_space), METRIC_SPACES, "config.method.metric_space")
+    self.score_pipeline = _choice(str(m.score_pipeline), SCORE_PIPELINES,
+                                  "config.method.score_pipeline")
+    self.msgms_loss_reduction = _choice(str(m.msgms_loss_reduction), MSGMS_LOSS_REDUCTIONS,
+                                        "config.method.msgms_loss_reduction")
     self.filter_size = int(m.score_filter)
     self.score_seed = int(m.score_seed)
     self.dtype = train_utils.compute_dtype(config.train)
     self.f = train_utils.abstract_functional(self._factory)
 
   def _factory(self, rngs: nnx.Rngs) -> RiadUNet:
-    return RiadUNet(self.widths, upsample=self.upsample, rngs=rngs)
+    return RiadUNet(self.widths, upsample=self.upsample, up_block=self.up_block, rngs=rngs)
 
   # -- model ------------------------------------------------------------------
-  def inpaint(self, params, rest, x01: jax.Array, masks: jax.Array, train: bool):
+  def inpaint_half(self, params, rest, x01: jax.Array, masks: jax.Array, train: bool):
     """x01 [B,H,W,3] in [0,1], masks [n,H,W] (1 visible) -> (inpainted [B,H,W,3]
-    in [0,1], new rest). The model sees the n masked copies as one batch."""
+    in the U-Net's [-1, 1] space, new rest). The model sees the n masked copies
+    as one batch; each pixel comes from the pass that did not see it."""
     n = masks.shape[0]
     b, h, w, c = x01.shape
     xn = normalize.half(x01)
@@ -85,14 +139,27 @@ class Riad(Method):
       inp = inp.astype(self.dtype)
     out, new_rest = self.f.apply(params, rest, inp, train=train)
     out = out.astype(jnp.float32).reshape(n, b, h, w, c)
-    recon = jnp.sum(out * (1.0 - masks)[:, None, :, :, None], axis=0)
+    return jnp.sum(out * (1.0 - masks)[:, None, :, :, None], axis=0), new_rest
+
+  def inpaint(self, params, rest, x01: jax.Array, masks: jax.Array, train: bool):
+    """As `inpaint_half`, the inpainted image mapped back to [0, 1]."""
+    recon, new_rest = self.inpaint_half(params, rest, x01, masks, train)
     return normalize.half_inverse(recon), new_rest
 
-  def loss_terms(self, recon01: jax.Array, x01: jax.Array) -> dict:
+  def metric_pair(self, recon_half: jax.Array, x01: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(reconstruction, image) in `config.method.metric_space`: the [-1, 1]
+    tensors ("half") or both in [0, 1] ("unit")."""
+    if self.metric_space == "half":
+      return recon_half, normalize.half(x01)
+    return normalize.half_inverse(recon_half), x01
+
+  def loss_terms(self, recon: jax.Array, x: jax.Array) -> dict:
+    """The loss terms of a (reconstruction, image) pair given in the metric space."""
     return {
-        "l2": jnp.mean(jnp.square(recon01 - x01)),
-        "ssim": ssim.ssim_loss(recon01, x01, data_range=1.0),
-        "msgms": gms.msgms_loss(recon01, x01, self.msgms_scales, self.msgms_variant),
+        "l2": jnp.mean(jnp.square(recon - x)),
+        "ssim": ssim.ssim_loss(recon, x, data_range=1.0),
+        "msgms": gms.msgms_loss(recon, x, self.msgms_scales, self.msgms_variant,
+                                reduction=self.msgms_loss_reduction),
     }
 
   def _train_masks(self, rng: jax.Array) -> jax.Array:
@@ -117,8 +184,9 @@ class Riad(Method):
 
     def loss_fn(params, state, batch, rng, step):
       x = batch["image"].astype(jnp.float32)
-      recon, rest = self.inpaint(params, state["model_state"], x, batch["masks"], train=True)
-      terms = self.loss_terms(recon, x)
+      recon, rest = self.inpaint_half(params, state["model_state"], x, batch["masks"],
+                                      train=True)
+      terms = self.loss_terms(*self.metric_pair(recon, x))
       loss = sum(self.w[n] * v for n, v in terms.items())
       aux = {f"loss/{n}": v for n, v in terms.items()}
       aux["k"] = batch["k"].astype(jnp.float32)
@@ -140,19 +208,30 @@ class Riad(Method):
     x = batch["image"].astype(jnp.float32)
     total = None
     for k in self.ks:
-      recon, _ = self.inpaint(state["params"], state["model_state"], x, self.score_masks(k),
-                              train=False)
-      m = gms.msgms_map(recon, x, self.msgms_scales, self.msgms_variant)
+      recon, _ = self.inpaint_half(state["params"], state["model_state"], x,
+                                   self.score_masks(k), train=False)
+      m = gms.msgms_map(*self.metric_pair(recon, x), self.msgms_scales, self.msgms_variant)
+      if self.score_pipeline == "plutoyuxie":
+        m = m / float((self.size // k) ** 2)
       total = m if total is None else total + m
-    amap = gms.riad_score_filter(total, self.filter_size) if self.filter_size > 1 else total
+    if self.score_pipeline == "plutoyuxie":
+      amap = gaussian_filter_reflect(total, PLUTOYUXIE_SIGMA)
+    else:
+      amap = gms.riad_score_filter(total, self.filter_size) if self.filter_size > 1 else total
     return {"anomaly_map": amap.astype(jnp.float32),
             "image_score": jnp.max(amap, axis=(1, 2)).astype(jnp.float32)}
 
   def describe(self) -> dict:
     return {"init": "random (no pretrained weights)",
-            "model": f"RiadUNet widths={self.widths} upsample={self.upsample}",
+            "model": (f"RiadUNet widths={self.widths} upsample={self.upsample} "
+                      f"up_block={self.up_block}"),
             "masks": f"{self.num_masks} disjoint grid masks, k in {self.ks}",
-            "score": f"MSGMS ({self.msgms_variant}, {self.msgms_scales} scales) summed over k, "
-                     f"{self.filter_size}x{self.filter_size} box filter, image score = max",
-            "value_range": "losses and scores on [0, 1] images; U-Net input mean=std=0.5"}
+            "score": (f"MSGMS ({self.msgms_variant}, {self.msgms_scales} scales) summed over k, "
+                      f"{self.filter_size}x{self.filter_size} box filter, image score = max"
+                      if self.score_pipeline == "taikiinoue45" else
+                      f"MSGMS ({self.msgms_variant}, {self.msgms_scales} scales) / N_k^2 summed "
+                      f"over k, Gaussian sigma {PLUTOYUXIE_SIGMA:g} (reflect), image score = max"),
+            "value_range": ("losses and scores on the [-1, 1] U-Net tensors"
+                            if self.metric_space == "half" else
+                            "losses and scores on [0, 1] images") + "; U-Net input mean=std=0.5"}
 
