@@ -162,5 +162,17 @@ def test_micro_batches_equal_one_large_batch(name):
     print(f"{name}: largest difference {worst:.2e} at {at}: "
           f"{np.max(np.abs(many[at] - one[at])):.2e} of {np.max(np.abs(one[at])):.2e}")
     assert worst < 5e-6, (worst, at)
+    # the gradient itself (SGD with momentum 0 keeps it as its trace), relative
+    # to its global norm: 1e-6 for the ViTs (measured 3e-9 - 5e-7); the BatchNorm
+    # U-Nets reduce their batch statistics over the copies in another order,
+    # and the backward pass through 1 / sigma amplifies that rounding (measured
+    # RIAD 2.3e-6, SSM 6.3e-6, EAR 1.2e-5), hence 3e-5 there
+    traces = sorted(k for k in one if ".trace" in k)
+    assert traces, "the SGD state should hold the gradient"
+    g_one = np.concatenate([one[k].ravel() for k in traces])
+    g_many = np.concatenate([many[k].ravel() for k in traces])
+    rel = float(np.linalg.norm(g_many - g_one) / np.linalg.norm(g_one))
+    print(f"{name}: gradient relative difference {rel:.2e}")
+    assert rel < (3e-5 if name in ("riad", "ssm", "ear") else 1e-6), rel
     np.testing.assert_allclose(m_many["loss"], m_one["loss"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(m_many["grad_norm"], m_one["grad_norm"], rtol=1e-5)
