@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from maskjax.errors import ConfigError
 from maskjax.models import init_utils
 
 Array = jax.Array
@@ -299,6 +300,16 @@ class ViT(nnx.Module):
     if return_attention:
       out["attention"] = attn
     return out
+
+
+def vit_config(name: str, overrides, key: str) -> dict[str, Any]:
+  """The constructor arguments of `VIT_CONFIGS[name]` with `overrides` applied;
+  an unknown name is a ConfigError naming the config key `key`."""
+  if name not in VIT_CONFIGS:
+    raise ConfigError(f"{key}={name!r}; known: {', '.join(sorted(VIT_CONFIGS))}")
+  kw = dict(VIT_CONFIGS[name])
+  kw.update(dict(overrides))
+  return kw
 
 
 def build_vit(name: str, *, img_size: int = 224, rngs: nnx.Rngs, **overrides) -> ViT:

@@ -266,11 +266,7 @@ class Aca(Method):
     if not 0.0 <= float(self.pre.mask_ratio) < 1.0:
       raise ConfigError(f"config.method.pretrain.mask_ratio={self.pre.mask_ratio} must be in [0, 1)")
     name = str(config.model.backbone)
-    if name not in vit_lib.VIT_CONFIGS:
-      raise ConfigError(f"config.model.backbone={name!r}; known: "
-                        f"{', '.join(sorted(vit_lib.VIT_CONFIGS))}")
-    kw = dict(vit_lib.VIT_CONFIGS[name])
-    kw.update(dict(config.model.backbone_overrides))
+    kw = vit_lib.vit_config(name, config.model.backbone_overrides, "config.model.backbone")
     self.vit_kw = kw
     self.patch = int(kw["patch"])
     self.img = int(config.input.image_size)

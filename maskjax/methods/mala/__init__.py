@@ -249,11 +249,7 @@ class Mala(Method):
     self.dtype = train_utils.compute_dtype(config.train)
     self.img = int(config.input.image_size)
     enc_name = str(config.model.encoder)
-    if enc_name not in vit_lib.VIT_CONFIGS:
-      raise ConfigError(f"config.model.encoder={enc_name!r}; known: "
-                        f"{', '.join(sorted(vit_lib.VIT_CONFIGS))}")
-    enc_kw = dict(vit_lib.VIT_CONFIGS[enc_name])
-    enc_kw.update(dict(config.model.encoder_overrides))
+    enc_kw = vit_lib.vit_config(enc_name, config.model.encoder_overrides, "config.model.encoder")
     self.patch = int(enc_kw["patch"])
     if self.img % self.patch:
       raise ConfigError(f"config.input.image_size={self.img} must be a multiple of the "

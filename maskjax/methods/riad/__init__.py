@@ -52,8 +52,7 @@ import numpy as np
 from flax import nnx
 
 from maskjax import train_utils
-from maskjax.errors import ConfigError
-from maskjax.methods.base import Duration, Method, Stage
+from maskjax.methods.base import Duration, Method, Stage, config_choice
 from maskjax.models.unet import UP_BLOCKS, RiadUNet, check_geometry
 from maskjax.ops import filters, gms, normalize, ssim
 from maskjax.ops import masks as masks_lib
@@ -62,13 +61,6 @@ METRIC_SPACES = ("half", "unit")
 SCORE_PIPELINES = ("taikiinoue45", "plutoyuxie")
 MSGMS_LOSS_REDUCTIONS = ("map", "per_scale")
 PLUTOYUXIE_SIGMA = 7.0     # test.py: gaussian_filter(score[i], sigma=7)
-
-
-def _choice(value, allowed: tuple, key: str):
-  """`value` if it is one of `allowed`, else a ConfigError naming `key`."""
-  if value not in allowed:
-    raise ConfigError(f"{key} = {value!r}; known: {', '.join(map(repr, allowed))}")
-  return value
 
 
 def gaussian_filter_reflect(m: jax.Array, sigma: float, truncate: float = 4.0) -> jax.Array:
@@ -104,18 +96,18 @@ class Riad(Method):
     self.ks = tuple(int(k) for k in m.ks)
     self.widths = tuple(int(w) for w in config.model.widths)
     self.upsample = str(config.model.upsample)
-    self.up_block = _choice(str(config.model.up_block), UP_BLOCKS, "config.model.up_block")
+    self.up_block = config_choice(str(config.model.up_block), UP_BLOCKS, "config.model.up_block")
     self.size = check_geometry(config, self.ks, self.widths, "riad")
     self.num_masks = int(m.num_masks)
     w = m.loss_weights
     self.w = {"l2": float(w.l2), "ssim": float(w.ssim), "msgms": float(w.msgms)}
-    self.msgms_variant = _choice(str(m.msgms_variant), gms.VARIANTS,
+    self.msgms_variant = config_choice(str(m.msgms_variant), gms.VARIANTS,
                                  "config.method.msgms_variant")
     self.msgms_scales = int(m.msgms_scales)
-    self.metric_space = _choice(str(m.metric_space), METRIC_SPACES, "config.method.metric_space")
-    self.score_pipeline = _choice(str(m.score_pipeline), SCORE_PIPELINES,
+    self.metric_space = config_choice(str(m.metric_space), METRIC_SPACES, "config.method.metric_space")
+    self.score_pipeline = config_choice(str(m.score_pipeline), SCORE_PIPELINES,
                                   "config.method.score_pipeline")
-    self.msgms_loss_reduction = _choice(str(m.msgms_loss_reduction), MSGMS_LOSS_REDUCTIONS,
+    self.msgms_loss_reduction = config_choice(str(m.msgms_loss_reduction), MSGMS_LOSS_REDUCTIONS,
                                         "config.method.msgms_loss_reduction")
     self.filter_size = int(m.score_filter)
     self.score_seed = int(m.score_seed)
