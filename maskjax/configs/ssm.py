@@ -31,17 +31,27 @@ Demo (embedded demo data, all demo categories in one model, 2-core CPU):
   0.98 / 0.99.
 
 Variants (`--config=configs/ssm.py:VARIANT`, comma-separated to combine):
-  full      (default) the paper's settings
-  demo      small widths at 64 px on the embedded demo data
+  full      (default) the paper's settings with the U-Net of the official code
+            (MediaBrain-SJTU/SSM `models/unet_multi.py`, `UNet(up_mode='upsample')`):
+            encoder on the masked image's 3 channels, nearest x2 + bare 1x1
+            conv in the decoder (no BN / ReLU after it), masks resized for the
+            mask attention modules as PyTorch `F.interpolate(mode="nearest")`
+  demo      small widths at 64 px on the embedded demo data; keeps the previous
+            U-Net (4-channel encoder input, nearest x2 + 3x3 conv + BN + ReLU,
+            half-pixel mask resize), so its metrics are unchanged; so does every
+            variant combined with it (demo,no_mam ...)
   no_mam    ablation: no mask attention modules (paper Table IV)
   no_refine ablation: "no refinement" baseline, 16 random masks per k
 
-Settings: 256 px, widths 64-512, train k in {4, 8, 16} (REFERENCE: for 256 px
-images), test k in {4, 8, 16}, loss weights 1, Adam lr 1e-4 with coupled weight
-decay 1e-5, lr halved every 50 epochs, batch 8, 300 epochs. The loop converts
-epochs to steps with the data size (steps per epoch = ceil(training images /
-batch), also for the 50-epoch lr period); --config.train.steps=N gives the
-steps directly (the lr period stays 50 epochs of the data).
+Settings: 256 px, widths 64-512, the official code's U-Net (model.up_block
+"conv", model.up_kernel 1, model.mask_resize "floor", model.encoder_input
+"image"; demo: "conv_bn_relu", 3, "half_pixel", "image_mask"), train k in
+{4, 8, 16} (REFERENCE: for 256 px images), test k in {4, 8, 16}, loss weights
+1, Adam lr 1e-4 with coupled weight decay 1e-5, lr halved every 50 epochs,
+batch 8, 300 epochs. The loop converts epochs to steps with the data size
+(steps per epoch = ceil(training images / batch), also for the 50-epoch lr
+period); --config.train.steps=N gives the steps directly (the lr period stays
+50 epochs of the data).
 eta is the maximum error of the validation split of training normals
 (`input.val_fraction`), computed after training and saved with the run.
 """
@@ -67,7 +77,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # -- model ----------------------------------------------------------------
   c.model.widths = (64, 128, 256, 512, 512)  # U-Net encoder levels; decoder mirrors them
   c.model.use_mam = True                     # mask attention modules (paper eq. 2)
-  c.model.upsample = "nearest"               # decoder: "nearest" (x2 + conv 3x3) | "transpose"
+  c.model.upsample = "nearest"               # "nearest" (x2 + up_kernel conv) | "transpose"
+  # after each decoder up-conv: "conv" (nothing; the official `upconv2x2` is a bare conv, BN +
+  # ReLU follow the concat) | "conv_bn_relu" (previous: up-conv -> BN -> ReLU)
+  c.model.up_block = "conv"
+  c.model.up_kernel = 1                      # nearest up-conv: 1 (1x1, official) | 3 (previous)
+  # mask resize for the mask attention modules: "floor" (PyTorch F.interpolate "nearest", index
+  # floor(i * H / h), official) | "half_pixel" (previous: jax.image.resize, floor((i + 0.5) H / h))
+  c.model.mask_resize = "floor"
+  # encoder input: "image" (the 3 channels of image * mask, official) | "image_mask" (previous:
+  # 4 channels, image * mask and mask); the mask always reaches the mask attention modules
+  c.model.encoder_input = "image"
 
   # -- method ---------------------------------------------------------------
   c.method.name = "ssm"
@@ -113,6 +133,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.input.batch_size = 8
     c.input.eval_batch_size = 16
     c.model.widths = (16, 32, 64, 64)
+    c.model.up_block = "conv_bn_relu"        # previous U-Net (demo metrics unchanged)
+    c.model.up_kernel = 3                    # previous: nearest x2 + 3x3 conv
+    c.model.mask_resize = "half_pixel"       # previous: jax.image.resize nearest
+    c.model.encoder_input = "image_mask"     # previous: 4-channel encoder input
     c.method.train_ks = (4, 8, 16)
     c.method.ks = (4, 8, 16)
     c.method.refined_map = "s0_visible"      # keep S^0 below eta (docs/RECIPES.md)

@@ -3,6 +3,19 @@ U-Net and progressive mask refinement at test time.
 
 Masks are float32 [B,H,W] with 1 = visible, 0 = masked (hidden from the net).
 
+Network (`maskjax.models.unet.SsmUNet`, switches under `config.model`): the
+full variant builds the official code's U-Net (MediaBrain-SJTU/SSM
+`models/unet_multi.py`, `UNet(up_mode='upsample')`): the encoder sees the 3
+channels of image * mask (`encoder_input="image"`), each decoder level
+upsamples by nearest x2 and a bare 1x1 conv (`up_kernel=1`,
+`up_block="conv"`: no BN / ReLU until after the skip concatenation), and the
+mask attention modules resize the mask like PyTorch's
+`F.interpolate(mode="nearest")` (`mask_resize="floor"`). The demo variant
+keeps the previous net: 4-channel encoder input (image * mask, mask), nearest
+x2 + 3x3 conv + BN + ReLU, half-pixel nearest mask resize ("image_mask", 3,
+"conv_bn_relu", "half_pixel"). `upsample="transpose"` (ConvTranspose 4x4 s2)
+ignores `up_kernel`.
+
 Value ranges: batches arrive in [0, 1]. With `config.method.input_range =
 "half"` (default) the U-Net sees mean = std = 0.5 normalised images (masked
 pixels are 0 = mid-grey) and both tanh heads are mapped back to [0, 1] by
@@ -80,12 +93,17 @@ from flax import nnx
 
 from maskjax import train_utils
 from maskjax.errors import ConfigError, DataError
-from maskjax.methods.base import Duration, Method, Stage
-from maskjax.models.unet import SsmUNet, check_geometry
+from maskjax.methods.base import Duration, Method, Stage, config_choice
+from maskjax.models.unet import (ENCODER_INPUTS, MASK_RESIZES, UP_BLOCKS, UP_KERNELS, SsmUNet,
+                                 check_geometry)
 from maskjax.ops import gms, masks as masks_lib, normalize, ssim
 
 IMAGE_SCORES = ("as_written", "masked_mean", "max")
 REFINED_MAPS = ("as_written", "s0_visible")
+INPUT_RANGES = ("half", "unit")
+ETA_STATISTICS = ("patch", "pixel")
+ETA_MODES = ("per_category", "global")
+UPSAMPLES = ("nearest", "transpose")
 
 
 # ----------------------------------------------------------------------------
@@ -173,35 +191,30 @@ class Ssm(Method):
     self.ks = tuple(int(k) for k in m.ks)
     self.train_ks = tuple(int(k) for k in m.train_ks)
     self.widths = tuple(int(w) for w in config.model.widths)
-    self.use_mam = bool(config.model.use_mam)
-    self.upsample = str(config.model.upsample)
+    mc = config.model
+    self.use_mam = bool(mc.use_mam)
+    self.upsample = config_choice(str(mc.upsample), UPSAMPLES, "config.model.upsample")
+    self.up_block = config_choice(str(mc.up_block), UP_BLOCKS, "config.model.up_block")
+    self.up_kernel = int(config_choice(mc.up_kernel, UP_KERNELS, "config.model.up_kernel"))
+    self.mask_resize = config_choice(str(mc.mask_resize), MASK_RESIZES, "config.model.mask_resize")
+    self.encoder_input = config_choice(str(mc.encoder_input), ENCODER_INPUTS,
+                                       "config.model.encoder_input")
     self.size = check_geometry(config, self.ks + self.train_ks, self.widths, "ssm")
     w = m.loss_weights
     self.w = {"mse": float(w.mse), "gms": float(w.gms), "ssim": float(w.ssim),
               "mask": float(w.mask)}
-    self.input_range = str(m.input_range)
-    if self.input_range not in ("half", "unit"):
-      raise ConfigError(f"config.method.input_range must be 'half' or 'unit', "
-                        f"got {self.input_range!r}")
+    self.input_range = config_choice(str(m.input_range), INPUT_RANGES,
+                                     "config.method.input_range")
     self.refine_on = bool(m.refine)
     self.max_iters = int(m.max_iters)
     self.num_random_masks = int(m.num_random_masks)
-    self.image_score_mode = str(m.image_score)
-    if self.image_score_mode not in IMAGE_SCORES:
-      raise ConfigError(f"config.method.image_score must be one of {IMAGE_SCORES}, "
-                        f"got {self.image_score_mode!r}")
-    self.refined_map = str(m.refined_map)
-    if self.refined_map not in REFINED_MAPS:
-      raise ConfigError(f"config.method.refined_map must be one of {REFINED_MAPS}, "
-                        f"got {self.refined_map!r}")
-    self.eta_statistic = str(m.eta_statistic)
-    if self.eta_statistic not in ("patch", "pixel"):
-      raise ConfigError(f"config.method.eta_statistic must be 'patch' or 'pixel', "
-                        f"got {self.eta_statistic!r}")
-    self.eta_mode = str(m.eta_mode)
-    if self.eta_mode not in ("per_category", "global"):
-      raise ConfigError(f"config.method.eta_mode must be 'per_category' or 'global', "
-                        f"got {self.eta_mode!r}")
+    self.image_score_mode = config_choice(str(m.image_score), IMAGE_SCORES,
+                                          "config.method.image_score")
+    self.refined_map = config_choice(str(m.refined_map), REFINED_MAPS,
+                                     "config.method.refined_map")
+    self.eta_statistic = config_choice(str(m.eta_statistic), ETA_STATISTICS,
+                                       "config.method.eta_statistic")
+    self.eta_mode = config_choice(str(m.eta_mode), ETA_MODES, "config.method.eta_mode")
     self.eta_scale = float(m.eta_scale)
     self.eta_per_scale = bool(m.eta_per_scale)
     self.score_seed = int(m.score_seed)
@@ -209,7 +222,9 @@ class Ssm(Method):
     self.f = train_utils.abstract_functional(self._factory)
 
   def _factory(self, rngs: nnx.Rngs) -> SsmUNet:
-    return SsmUNet(self.widths, use_mam=self.use_mam, upsample=self.upsample, rngs=rngs)
+    return SsmUNet(self.widths, use_mam=self.use_mam, upsample=self.upsample,
+                   up_block=self.up_block, up_kernel=self.up_kernel,
+                   mask_resize=self.mask_resize, encoder_input=self.encoder_input, rngs=rngs)
 
   # -- model ------------------------------------------------------------------
   def predict(self, params, rest, x01: jax.Array, mask: jax.Array, train: bool = False):
@@ -405,7 +420,10 @@ class Ssm(Method):
 
   def describe(self) -> dict:
     return {"init": "random (no pretrained weights)",
-            "model": f"SsmUNet widths={self.widths} mam={self.use_mam} upsample={self.upsample}",
+            "model": (f"SsmUNet widths={self.widths} mam={self.use_mam} upsample={self.upsample}"
+                      + (f" up_kernel={self.up_kernel}" if self.upsample == "nearest" else "")
+                      + f" up_block={self.up_block} mask_resize={self.mask_resize} "
+                      f"encoder_input={self.encoder_input}"),
             "inference": (f"progressive mask refinement (lax.while_loop, max_iters="
                           f"{self.max_iters}), k in {self.ks}, eta {self.eta_mode} "
                           f"{'per k ' if self.eta_per_scale else 'max over k '}"
