@@ -183,7 +183,32 @@ def with_schema_defaults(recorded: dict) -> dict:
       elif isinstance(v, dict) and isinstance(out[k], dict):
         out[k] = fill(out[k], v)
     return out
-  return fill(recorded, json.loads(base_config().to_json()))
+  out = fill(recorded, json.loads(base_config().to_json()))
+  return fill_method_defaults(out)
+
+
+def fill_method_defaults(recorded: dict) -> dict:
+  """`recorded` with the method-config keys it lacks set to what the code did
+  before they existed: the method's config module lists them as
+  `RECORDED_DEFAULTS = {"model.up_block": "conv_bn_relu", ...}` (a key's full
+  value may differ: a new key's default follows the paper, its recorded
+  default the run)."""
+  import importlib
+  name = (recorded.get("method") or {}).get("name")
+  if not isinstance(name, str) or not name.isidentifier():
+    return recorded
+  try:
+    module = importlib.import_module(f"maskjax.configs.{name}")
+  except ImportError:          # an out-of-tree method: its config declares nothing here
+    return recorded
+  out = json.loads(json.dumps(recorded))
+  for dotted, value in getattr(module, "RECORDED_DEFAULTS", {}).items():
+    *parents, leaf = dotted.split(".")
+    node = out
+    for part in parents:
+      node = node.setdefault(part, {})
+    node.setdefault(leaf, value)
+  return out
 
 
 def load_run_config(workdir: str):

@@ -68,3 +68,36 @@ def test_a_recorded_config_without_a_newer_key_is_the_same_run(tmp_path):
   assert (tmp_path / "config.json").read_text() == text  # nor a new phase
   assert not (tmp_path / "config.1.json").exists()
   assert workdir_lib.config_phases(str(tmp_path)) == [{"file": "config.json", "changed": {}}]
+
+
+def _delete(tree: dict, dotted: str) -> None:
+  *parents, leaf = dotted.split(".")
+  for part in parents:
+    tree = tree[part]
+  del tree[leaf]
+
+
+def test_method_keys_newer_than_a_recorded_run_read_as_the_previous_code(tmp_path):
+  """A run recorded before a method-config key existed behaved as that key's
+  RECORDED_DEFAULTS value says (the demo variants still set those values); the
+  filled-in config builds the same method as the demo and is no recipe change."""
+  import importlib
+  for name in ("riad", "ssm", "ear", "mala"):
+    recorded = importlib.import_module(f"maskjax.configs.{name}").RECORDED_DEFAULTS
+    assert recorded, name
+    config = configs.get_config(f"{name}:demo")
+    old = json.loads(config.to_json())
+    for dotted in recorded:
+      _delete(old, dotted)                                 # written before the keys existed
+    run = tmp_path / name
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(old))
+    loaded = workdir_lib.load_run_config(str(run))
+    for dotted, value in recorded.items():
+      node = loaded
+      for part in dotted.split("."):
+        node = node[part]
+      assert node == value, (name, dotted, node, value)
+    # the demo keeps the previous behaviour: the recorded run reads as the demo config
+    assert json.loads(loaded.to_json()) == json.loads(config.to_json()), name
+    workdir_lib.check(config, str(run), write=False)     # no recipe change to refuse

@@ -50,6 +50,10 @@ from maskjax import config_base
 
 VARIANTS = ("full", "m_star", "wo_obf", "wo_attn", "demo", "demo_vit")
 
+# What a run recorded before these keys existed did (maskjax.workdir.fill_method_defaults
+# fills them into an old run's config.json for eval / predict / export / resume checks).
+RECORDED_DEFAULTS = {"model.skips": "after_stride", "method.ssim_loss": "one_minus"}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   (variant,) = config_base.parse_variants(arg, VARIANTS, "configs/ear.py", default="full",

@@ -69,6 +69,12 @@ from maskjax.errors import ConfigError
 VARIANTS = ("mvtec", "visa", "per_category", "demo", "demo_multi", "reduced",
             "no_stage1", "no_plpm", "no_tbm", "recon_score", "bf16")
 
+# What a run recorded before these keys existed did (maskjax.workdir.fill_method_defaults
+# fills them into an old run's config.json for eval / predict / export / resume checks).
+# (warmup_fraction as the demo's: unused with the constant schedule)
+RECORDED_DEFAULTS = {"method.stage1.schedule": "constant", "method.stage1.warmup_fraction": 0.05,
+                     "method.builtin_textures": True}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = config_base.parse_variants(arg, VARIANTS, "configs/mala.py", default="")

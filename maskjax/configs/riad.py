@@ -38,6 +38,11 @@ from maskjax import config_base
 
 VARIANTS = ("full", "demo", "plutoyuxie")
 
+# What a run recorded before these keys existed did (maskjax.workdir.fill_method_defaults
+# fills them into an old run's config.json for eval / predict / export / resume checks).
+RECORDED_DEFAULTS = {"model.up_block": "conv_bn_relu", "method.metric_space": "unit",
+                     "method.msgms_loss_reduction": "map", "method.score_pipeline": "taikiinoue45"}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   (variant,) = config_base.parse_variants(arg, VARIANTS, "configs/riad.py", default="full",

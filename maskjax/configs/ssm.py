@@ -63,6 +63,11 @@ from maskjax import config_base
 
 VARIANTS = ("full", "demo", "no_mam", "no_refine")
 
+# What a run recorded before these keys existed did (maskjax.workdir.fill_method_defaults
+# fills them into an old run's config.json for eval / predict / export / resume checks).
+RECORDED_DEFAULTS = {"model.up_block": "conv_bn_relu", "model.up_kernel": 3,
+                     "model.mask_resize": "half_pixel", "model.encoder_input": "image_mask"}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   variants = config_base.parse_variants(arg, VARIANTS, "configs/ssm.py", default="full")
