@@ -157,6 +157,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optim.decay_mask = "no_bias_norm"
   c.optim.no_decay_names = ()             # none: MAE pretraining skips no names (fixed pos_embed)
 
+  c.input.train_on_val = True   # train on every normal, as the paper (threshold: docs/RECIPES.md)
   c.train.log_every = 50
   c.train.checkpoint_every = 1000
 
@@ -222,6 +223,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.method.stage1.schedule = "constant"
     c.optim.decay_mask = "all"
     c.method.builtin_textures = True
+    c.input.train_on_val = False                # the demo holds 10 % of the normals out
     c.train.log_every = 20
     c.train.checkpoint_every = 100
     c.eval.num_heatmaps = 2
