@@ -17,7 +17,10 @@ Full run (accelerator host), unified MVTec AD + VisA (27 categories):
     python -m maskjax.weights.convert mae_pretrain_vit_large.pth OUT \
         --arch mae_vit_large_patch16_encoder
   (the decoder then starts from random weights; the log says which tensors).
-  Without it both stages start from random weights and the run log says so.
+  Without it the run is refused in one line (naming the file and this command)
+  unless --config.model.allow_random_init=True; the plan and report say which.
+  Stage 2 pastes DTD textures: --config.input.texture_dir=/data/dtd/images
+  (refused without it unless --config.method.builtin_textures=True).
 
 Variants (`--config=configs/mala.py:VARIANT`, comma-separated to combine):
   mvtec         MVTec AD only (15 categories, same data_dir layout)
@@ -34,17 +37,9 @@ Variants (`--config=configs/mala.py:VARIANT`, comma-separated to combine):
                   python -m maskjax.main --config=configs/mala.py:demo --workdir=/tmp/mala_demo
                 stage 1: 50 epochs (400 steps), stage 2: 160 epochs (1280 steps,
                 lr 1e-3), local_prob 0.8 (the demo's defects lie on the object),
-                pooling 5 x 5. Measured (random init, seed 0, percent; runs with
-                the same seed reproduce these numbers exactly):
-                  category  image AUROC  pixel AUROC  AUPRO
-                  fabric       100.0        98.3       94.5
-                  pill          90.0        82.3       68.1
-                  tiles         97.6        77.1       58.0
-                  washer        91.2        80.1       60.4
-                  mean          94.7        84.5       70.2
-                train + eval 4 min 23 s on 2 CPU cores at load ~1-1.5
-                (6 min 40 s at load ~5-6). The earlier 25 / 120 epochs with
-                local_prob 0.5 gave image AUROC 94.5 / 65.7 / 87.1 / 54.1.
+                pooling 5 x 5; constant stage-1 lr, decay on every tensor,
+                built-in textures, 10 % of the normals held out. Measured
+                results on the photo demo: README.md.
   demo_multi    `demo` with the demo data laid out as MVTec + VisA
                 (`maskjax.data.demo.generate_multi`), format "multi"
   reduced       the full configuration's code path (ViT-L/16 patching, sin-cos
@@ -54,7 +49,7 @@ Variants (`--config=configs/mala.py:VARIANT`, comma-separated to combine):
   (reconstruction-based scoring with the stage-1 model instead of stage 2).
   bf16          bfloat16 compute (float32 parameters) on accelerators.
 
-Decisions where the paper is silent (see maskjax/methods/mala.py):
+Decisions where the paper is silent (maskjax/methods/mala/__init__.py; every setting: docs/RECIPES.md):
   loss weights a1 = a2 = 1, a3 = 0.1, b1 = b2 = 1; stage-2 lr fixed at
   1e-3 * 32 / 256; image-score pooling 21 x 21 (DRAEM), stride 1, zero padding.
 """
