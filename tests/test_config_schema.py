@@ -82,7 +82,7 @@ def test_method_keys_newer_than_a_recorded_run_read_as_the_previous_code(tmp_pat
   RECORDED_DEFAULTS value says (the demo variants still set those values); the
   filled-in config builds the same method as the demo and is no recipe change."""
   import importlib
-  for name in ("riad", "ssm", "ear", "mala"):
+  for name in ("riad", "ssm", "ear", "aca", "mala"):
     recorded = importlib.import_module(f"maskjax.configs.{name}").RECORDED_DEFAULTS
     assert recorded, name
     config = configs.get_config(f"{name}:demo")

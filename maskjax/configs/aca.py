@@ -16,17 +16,31 @@ each stage resumes on its own when the command is run again):
 
 Variants (`--config=configs/aca.py:VARIANT`, comma-separated to combine):
   full       (default) the paper's settings: ViT-S/16, 224 px, 1 global 224 + 8
-             local 96 student views, r = 0.3, K = 20, tau = 0.1, AdamW lr 1e-5 ->
-             5e-4 over 10 epochs then cosine, 300 + 100 epochs, batch 16,
+             local 96 student views with DINO's augmentations (hue jitter,
+             Gaussian blur, solarisation per view), r = 0.3, K = 20, tau = 0.1,
+             AdamW lr 1e-5 -> 5e-4 over 10 epochs then cosine, no weight decay
+             on biases, norms and prototypes, 300 + 100 epochs, batch 16;
+             fine-tuning from the EMA teacher, images colour-jittered before the
+             synthesis, patches cut and pasted at attention-drawn locations;
              lambda_det 0.95 / lambda_seg 0.05, scales {224,320,384,416,448,512}
+             (docs/RECIPES.md "ACA": every setting against the paper and the
+             DINO / SwAV code)
   demo       tiny ViT /8 at 64 px on the embedded demo data (all demo categories
              in one model), global 64 / local 32 views, scales {64, 96, 128};
              both stages and the evaluation on a 2-core CPU:
                python -m maskjax.main --config=configs/aca.py:demo --workdir=/tmp/aca_demo
+             The demo keeps the settings its numbers below were measured with,
+             each one switch away from the full variant:
+               method.pretrain.augment "basic" (full "dino"),
+               method.finetune.cut_location "uniform" (full "attention"),
+               method.finetune.augment "none" (full "color_jitter"),
+               method.finetune.init_from_stage1 "student" (full "teacher"),
+               optim.decay_mask "all", optim.no_decay_names () (full
+               "no_bias_norm", ("prototypes",)).
   Ablations (paper Table 4): random_mask, no_mask (masking strategy),
   no_pretrain (fine-tune the DINO / random backbone directly),
   poisson (host-side cut-paste with Poisson blending; the host has no attention
-  map, so the paste location is uniform), bf16 (bfloat16 compute).
+  map, so the cut and paste locations are uniform), bf16 (bfloat16 compute).
 
 Measured, `demo` variant as shipped (2-core CPU shared with other jobs, load
 average ~7 during the run, random init, 150 + 2000 steps, end to end 10 min 0 s
@@ -55,7 +69,16 @@ Decisions where the paper is silent (see maskjax/methods/aca/__init__.py):
   except the last layer); the attention that places the synthetic anomalies is
   the frozen pre-trained backbone's (`finetune.guide`, paper: "self-attention
   maps of a pre-trained ViT"), not the network being fine-tuned; paste colour
-  jitter +-0.1 (`finetune.jitter`; the demo uses +-0.3, see below).
+  jitter +-0.1 (`finetune.jitter`; the demo uses +-0.3, see below); the
+  teacher's view is DINO's global view 1 (blur p 1.0), the student's global
+  crops DINO's global view 2 (blur 0.1, solarisation 0.2), local crops blur
+  0.5; fine-tuning starts from the EMA teacher; the normal images are
+  augmented with ColorJitter(0.1, 0.1, 0.1, 0.1) before the synthesis (the
+  paper says "data augmentations" without naming them; CutPaste's PyTorch
+  code's choice).
+Open (needs the data pipeline to deliver a second, larger image): the test
+  scales are the 224 px input upsampled, and the pretraining crops are cut
+  from the 224 px input, where the paper resizes the original photograph.
 """
 from __future__ import annotations
 
@@ -66,6 +89,12 @@ from maskjax import config_base
 from maskjax.errors import ConfigError
 
 VARIANTS = ("full", "demo", "random_mask", "no_mask", "no_pretrain", "poisson", "bf16")
+
+# What a run recorded before these keys existed did (maskjax.workdir.fill_method_defaults
+# fills them into an old run's config.json for eval / predict / export / resume checks).
+RECORDED_DEFAULTS = {"method.pretrain.augment": "basic", "method.finetune.cut_location": "uniform",
+                     "method.finetune.augment": "none",
+                     "method.finetune.init_from_stage1": "student"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -103,6 +132,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   p.local_size = 96                          # side of the local student crops, px
   p.num_global = 1                           # student global crops (the teacher has its own one)
   p.num_local = 8                            # student local crops
+  # view augmentation: "dino" = DINO's (hue jitter, Gaussian blur, solarisation,
+  # random jitter order) per view | "basic" = flip, b/c/s jitter, grayscale only
+  p.augment = "dino"
   p.global_scale = (0.4, 1.0)                # area fraction range of the global crops
   p.local_scale = (0.05, 0.4)                # area fraction range of the local crops
   p.temperature = 0.1                        # tau of the student's softmax over prototypes
@@ -120,7 +152,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   f.synthesis = "device"                     # device | host
   f.poisson = False                          # host synthesis only
   f.anomaly_prob = 0.5                       # probability that an example gets a paste
-  f.temperature = 0.1                        # paste-location softmax temperature
+  f.temperature = 0.1                        # cut / paste location softmax temperature
+  f.cut_location = "attention"               # attention | uniform: where the patch is cut from
+  f.augment = "color_jitter"                 # color_jitter (0.1 x 4, every image) | none: before synthesis
+  f.init_from_stage1 = "teacher"             # teacher (EMA) | student: stage 1 ViT fine-tuning starts from
   f.jitter = 0.1                             # colour jitter of the pasted patch, factors U(1 -+ j)
   f.guide = "pretrained"                     # pretrained (frozen) | current: whose attention places pastes
   f.lambda_det = 0.95                        # weight of the image classification CE loss
@@ -135,6 +170,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # -- optimiser (both stages; lr per stage) --------------------------------------------
   c.optim.name = "adamw"
   c.optim.weight_decay = 0.04
+  c.optim.decay_mask = "no_bias_norm"        # DINO's groups: no decay on biases and norms
+  c.optim.no_decay_names = ("prototypes",)   # nor on the prototypes (unit rows, renormalised)
   c.optim.schedule = "warmup_cosine"
   c.optim.warmup_init_lr = 1e-5
   c.optim.end_lr = 1e-6
@@ -167,6 +204,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     f.batch_size = 32
     f.lr = 3e-4
     f.jitter = 0.3
+    # the demo keeps the settings its measured numbers were made with
+    p.augment = "basic"
+    f.cut_location = "uniform"
+    f.augment = "none"
+    f.init_from_stage1 = "student"
+    c.optim.decay_mask = "all"
+    c.optim.no_decay_names = ()
     c.train.log_every = 25
     c.train.checkpoint_every = 100
     c.train.protocol = "unified"             # one demo model over the demo categories
@@ -185,6 +229,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "poisson" in variants:
     f.synthesis = "host"
     f.poisson = True
+    f.cut_location = "uniform"               # the host has no attention map
   if "bf16" in variants:
     c.train.compute_dtype = "bfloat16"
   return c

@@ -23,6 +23,12 @@
      sum_q (g_p - g_q) + sum_{q not in mask} t_q  over the 4-neighbours q that
      lie in the image (g = jittered patch, t = target image), a sparse direct
      solve (scipy splu) per example, all channels at once, clipped to [0, 1].
+
+`color_jitter(image, rng, strength)`: torchvision ColorJitter(b, c, s, h) on a
+whole [H, W, 3] float image in NumPy (the host side of ACA's
+`finetune.augment = "color_jitter"`, applied before the paste): a random order
+of the four operations, factors U(max(0, 1 - x), 1 + x), hue shift U(-h, h)
+through HSV (Python's `colorsys` formulas), each step clipped to [0, 1].
 """
 from __future__ import annotations
 
@@ -65,6 +71,63 @@ def location_probabilities(attention: np.ndarray, height: int, width: int,
   a = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
   p = np.exp((a - 1.0) / temperature)
   return p / p.sum()
+
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def rgb_to_hsv(img: np.ndarray) -> np.ndarray:
+  """[..., 3] RGB in [0, 1] -> HSV in [0, 1] (`colorsys.rgb_to_hsv`, vectorised)."""
+  img = np.asarray(img, np.float32)
+  r, g, b = img[..., 0], img[..., 1], img[..., 2]
+  maxc, minc = img.max(axis=-1), img.min(axis=-1)
+  cr = maxc - minc
+  flat = cr == 0
+  s = np.where(maxc > 0, cr / np.where(maxc > 0, maxc, 1.0), 0.0)
+  crd = np.where(flat, 1.0, cr)
+  rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
+  h = np.where(maxc == r, bc - gc, np.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+  h = np.where(flat, 0.0, np.mod(h / 6.0, 1.0))
+  return np.stack([h, s, maxc], axis=-1).astype(np.float32)
+
+
+def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
+  """Inverse of `rgb_to_hsv` (`colorsys.hsv_to_rgb`, vectorised)."""
+  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+  i = np.mod(np.floor(h * 6.0), 6.0).astype(np.int64)
+  f = h * 6.0 - np.floor(h * 6.0)
+  p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
+  sector = [i == k for k in range(5)]
+  r = np.select(sector, [v, q, p, p, t], v)
+  g = np.select(sector, [t, v, v, q, p], p)
+  b = np.select(sector, [p, p, t, v, v], q)
+  return np.stack([r, g, b], axis=-1).astype(np.float32)
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator,
+                 strength=(0.1, 0.1, 0.1, 0.1)) -> np.ndarray:
+  """torchvision ColorJitter(*strength) on [H, W, 3] float32 in [0, 1] (module
+  docstring): the order is drawn first, then the factors, then the hue shift."""
+  x = np.asarray(image, np.float32)
+  order = rng.permutation(4)
+  lo = [max(0.0, 1.0 - float(a)) for a in strength[:3]]
+  f = [float(rng.uniform(l, 1.0 + float(a))) for l, a in zip(lo, strength[:3])]
+  hue = float(strength[3])
+  delta = float(rng.uniform(-hue, hue)) if hue > 0 else 0.0
+  for op in order:
+    if op == 0:
+      x = np.clip(x * f[0], 0.0, 1.0)
+    elif op == 1:
+      mean = float(np.mean(x @ _LUMA))
+      x = np.clip((x - mean) * f[1] + mean, 0.0, 1.0)
+    elif op == 2:
+      gray = (x @ _LUMA)[..., None]
+      x = np.clip(gray + (x - gray) * f[2], 0.0, 1.0)
+    elif hue > 0:
+      hsv = rgb_to_hsv(x)
+      hsv[..., 0] = np.mod(hsv[..., 0] + delta, 1.0)
+      x = hsv_to_rgb(hsv)
+  return x.astype(np.float32)
 
 
 def _color_jitter(patch: np.ndarray, rng: np.random.Generator, jitter: float) -> np.ndarray:

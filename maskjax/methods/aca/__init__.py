@@ -19,11 +19,33 @@ Stage 1 ("pretrain")
       `maskjax.ops.augment.resample_matrix`);
     * horizontal flip p = 0.5;
     * colour jitter p = 0.8: brightness, contrast, saturation factors
-      U(1 - s, 1 + s) with s = (0.4, 0.4, 0.2) (DINO's strengths; hue jitter,
-      Gaussian blur and solarisation are not implemented), then grayscale p = 0.2.
+      U(1 - s, 1 + s) with s = (0.4, 0.4, 0.2) and, with `augment = "dino"`, a
+      hue shift U(-0.1, 0.1) and the four operations in a random order per view
+      (torchvision ColorJitter(0.4, 0.4, 0.2, 0.1)); then grayscale p = 0.2;
+    * `augment = "dino"` only: Gaussian blur, sigma U(0.1, 2.0) px of the view,
+      and solarisation (x >= 128/255 -> 1 - x) with DINO's per-view
+      probabilities (`DINO_VIEW_AUGMENT`):
+        view                              blur p   solarise p   DINO's view
+        teacher (1 global crop)           1.0      0            global view 1
+        student global crops (num_global) 0.1      0.2          global view 2
+        student local crops (num_local)   0.5      0            local views
+      `augment = "basic"` (the demo): no hue, blur or solarisation, fixed
+      jitter order b, c, s; its random draws are what they always were.
   The teacher view is one global crop (`global_size`, scale `global_scale`,
   DINO (0.4, 1)); the student views are `num_global` (1) other global crops
   and `num_local` (8) local crops (`local_size`, scale `local_scale`, (0.05, 0.4)).
+  Decision (the mapping onto DINO's views): the paper applies "two random data
+  augmentations, yielding two augmented images", one the teacher's view, the
+  other cut into the student's global and local crops, and "follows the data
+  augmentations of DINO", whose two global views are asymmetric. The teacher's
+  single view takes DINO's first global view (always blurred, never
+  solarised: the clean-structure target the Sinkhorn assignment is computed
+  from), the student's global crops the second (rarely blurred, solarised
+  p = 0.2), as in DINO where the second view is the more distorted input. Each
+  student crop is augmented on its own (DINO's per-crop transforms), not cut
+  from one shared augmented image. The crops are cut from the input image
+  (`input.image_size`, 224), not from the original photograph as in DINO
+  (open: needs a second, larger image from the data pipeline).
 
   Masking of the student views (`method.masking`, paper Table 4):
     apmask  drop the int(r N) least-attended patch tokens (r = `mask_ratio`),
@@ -39,11 +61,20 @@ Stage 1 ("pretrain")
   sinkhorn(s_t, eps, iters) (no gradient; sums over the global batch, SwAV);
   each student view j: p_j = softmax(z_j C^T / tau); loss = mean over views and
   batch of -sum_k q_k log p_jk. AdamW, linear warmup `warmup_init_lr` -> lr then
-  cosine (`config.optim`).
+  cosine (`config.optim`); weight decay (`optim.decay_mask = "no_bias_norm"`,
+  `optim.no_decay_names = ("prototypes",)`, full config) on the rank >= 2
+  tensors (DINO's `get_params_groups`: not on biases and LayerNorm scales /
+  offsets) except the prototypes (the parameter named "prototypes"), in both
+  stages; the demo decays every tensor (`decay_mask = "all"`).
 
 Stage 2 ("finetune")
-  Classifier ViT initialised from stage 1's student backbone (or from
-  `init_from` / random when stage 1 is switched off), `ClassHead` (CLS -> MLP
+  Classifier ViT initialised from stage 1's EMA teacher backbone
+  (`finetune.init_from_stage1 = "teacher"`, full config; "student" = the
+  student's, the demo) or from `init_from` / random when stage 1 is switched
+  off. Decision: the paper fine-tunes "the pre-trained ViT" without naming
+  the network; DINO evaluates and releases its teacher, which is the better
+  network throughout training (DINO paper, section 5.2; its evaluation scripts load
+  `--checkpoint_key teacher`). `ClassHead` (CLS -> MLP
   of the projection's shape, `head_hidden` x `head_layers`, last layer -> 2
   logits) and `AttentionSegHead` (learned weighting of the last block's CLS
   attention per head -> patch logits -> bilinear upsampling -> sigmoid).
@@ -51,8 +82,15 @@ Stage 2 ("finetune")
 
   Synthetic anomalies (`finetune.synthesis`):
     device (default) attention-guided cut-paste in jnp inside the jitted step,
-            the same geometry as `maskjax.ops.cutpaste.attention_cutpaste`: patch
-            w, h ~ U(0.1 W, 0.4 W) / U(0.1 H, 0.4 H), cut at a uniform location,
+            the same geometry as `maskjax.ops.cutpaste.attention_cutpaste`: every
+            image first colour-jittered (`finetune.augment = "color_jitter"`:
+            ColorJitter(0.1, 0.1, 0.1, 0.1), random order, normal and pasted
+            examples alike, so the jitter is no cue; "none" = the demo); patch
+            w, h ~ U(0.1 W, 0.4 W) / U(0.1 H, 0.4 H), cut (`finetune.cut_location`)
+            centred at a pixel drawn from the same attention distribution as the
+            paste (an independent draw; "attention", full config; the centre is
+            moved the least distance that keeps the patch inside the image) or
+            at a uniform location ("uniform", the demo),
             rotated U(-45, 45) deg, resized U(0.8, 1.2), colour-jittered (+-`jitter`),
             pasted (copy) centred at a pixel drawn from softmax((a - 1) / T) with a
             the min-max normalised, bilinearly upsampled head-mean CLS attention
@@ -70,6 +108,15 @@ Stage 2 ("finetune")
             `poisson` blending optional (`finetune.poisson`); the host has no
             attention map, so the paste location is drawn from a uniform map
             (documented loss of the attention guidance; use for Poisson blending).
+            `cut_location` must be "uniform" here (the `poisson` variant sets it);
+            `augment` applies (`ops.cutpaste.color_jitter`, NumPy).
+  Decisions from the paper: "the softmax distribution of A_CLS ... to guide
+  sampling of locations to cut and paste patches within the same image" (both
+  locations attention-guided; Fig. 1 (d): "cutting and pasting local patch
+  within the salient region"); "we apply data augmentations to the normal
+  training image before creating synthetic anomalies" (which ones is not
+  said: CutPaste's public code's ColorJitter(0.1, 0.1, 0.1, 0.1), no flips or
+  rotations, which are real anomaly types in MVTec AD, e.g. metal_nut "flip").
 
 Scoring (`score`, pure, jitted by the loop)
   For every scale S in `method.test_scales` the [0, 1] image is resized
@@ -78,7 +125,10 @@ Scoring (`score`, pure, jitted by the loop)
   patch logits are resized bilinearly to the input H x W and passed through a
   sigmoid; p_S = softmax(logits)[1]. anomaly_map = mean over scales of the maps;
   image_score = mean_S p_S (for AUROC); decision = majority vote of p_S > 0.5
-  (more than half of the scales).
+  (more than half of the scales). Open: the paper resizes the original test
+  photograph to each scale; here the scales are the `input.image_size` image
+  upsampled (the pipeline delivers one size), so scales above it add
+  resolution to the attention grid but no image detail.
 """
 from __future__ import annotations
 
@@ -92,17 +142,36 @@ from flax import nnx
 
 from maskjax import train_utils
 from maskjax.errors import ConfigError
-from maskjax.methods.base import Duration, Method, PretrainedWeights, Stage
+from maskjax.methods.base import Duration, Method, PretrainedWeights, Stage, config_choice
 from maskjax.methods.aca import heads as aca_heads
 from maskjax.models import vit as vit_lib
 from maskjax.ops import cutpaste, losses, masks, normalize, sinkhorn
-from maskjax.ops.augment import LUMA as _LUMA, make_views
+from maskjax.ops.augment import LUMA as _LUMA, make_views, random_color_jitter
 
 PyTree = Any
 MASKINGS = ("apmask", "random", "none")
 ATTENTION_SOURCES = ("teacher", "student")
 SYNTHESES = ("device", "host")
 GUIDES = ("pretrained", "current")
+PRETRAIN_AUGMENTS = ("dino", "basic")
+CUT_LOCATIONS = ("attention", "uniform")
+FINETUNE_AUGMENTS = ("color_jitter", "none")
+INIT_SOURCES = ("teacher", "student")
+
+# `pretrain.augment = "dino"`: facebookresearch/dino DataAugmentationDINO per
+# ACA view (`maskjax.ops.augment.make_views` options). Every view also gets
+# the flip p=0.5, ColorJitter(0.4, 0.4, 0.2, hue) p=0.8 and grayscale p=0.2.
+# The teacher's one view is DINO's global view 1, the student's global views
+# DINO's global view 2, the local views DINO's local views (module docstring).
+DINO_VIEW_AUGMENT = {
+    "teacher": {"hue": 0.1, "p_blur": 1.0, "p_solarize": 0.0, "random_order": True},
+    "global": {"hue": 0.1, "p_blur": 0.1, "p_solarize": 0.2, "random_order": True},
+    "local": {"hue": 0.1, "p_blur": 0.5, "p_solarize": 0.0, "random_order": True},
+}
+# `finetune.augment = "color_jitter"`: torchvision ColorJitter(0.1, 0.1, 0.1,
+# 0.1) on every fine-tuning image before the synthesis (the CutPaste PyTorch
+# code's `train_transform`, Runinho/pytorch-cutpaste run_training.py).
+FINETUNE_JITTER = (0.1, 0.1, 0.1, 0.1)
 
 
 # ----------------------------------------------------------------------------
@@ -151,27 +220,52 @@ def _bilinear_sample(img: jax.Array, yy: jax.Array, xx: jax.Array) -> jax.Array:
   return top * (1 - wy) + bot * wy
 
 
+def location_logits(attention: jax.Array, temperature: float) -> jax.Array:
+  """[H,W] attention (any range) -> flat logits (a - 1) / T [H*W] of the
+  location distribution softmax((a - 1) / T), a = the min-max normalised map
+  (`ops.cutpaste.location_probabilities`)."""
+  a = attention.astype(jnp.float32)
+  lo, hi = jnp.min(a), jnp.max(a)
+  a = jnp.where(hi > lo, (a - lo) / jnp.maximum(hi - lo, 1e-12), 0.0)
+  return ((a - 1.0) / temperature).reshape(-1)
+
+
+def draw_location(key: jax.Array, logits: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
+  """One pixel (y, x) (float32) drawn from softmax(logits) over the H*W pixels."""
+  flat = jax.random.categorical(key, logits)
+  return (flat // width).astype(jnp.float32), (flat % width).astype(jnp.float32)
+
+
 def cutpaste_one(key: jax.Array, image: jax.Array, attention: jax.Array, *,
                  temperature: float = 0.1, max_rotation: float = 45.0,
-                 scale_range=(0.8, 1.2), jitter: float = 0.1):
+                 scale_range=(0.8, 1.2), jitter: float = 0.1,
+                 cut_location: str = "uniform"):
   """Device version of `ops.cutpaste.attention_cutpaste` (copy compositing).
 
   image [H,W,3] in [0,1]; attention [H,W] already at image size (any range, it
-  is min-max normalised here). -> (image [H,W,3], mask [H,W] {0,1})."""
+  is min-max normalised here). -> (image [H,W,3], mask [H,W] {0,1}).
+
+  cut_location: "uniform" = the patch's top-left corner uniform over the
+  positions inside the image; "attention" = the patch centre drawn from the
+  same attention distribution as the paste centre (an independent draw, from
+  the key the uniform corner would use), then moved the least distance that
+  puts the whole patch inside the image."""
   h, w = image.shape[:2]
   ks = jax.random.split(key, 8)
   pw = jnp.maximum(1.0, jnp.round(jax.random.uniform(ks[0], (), minval=0.1 * w, maxval=0.4 * w)))
   ph = jnp.maximum(1.0, jnp.round(jax.random.uniform(ks[1], (), minval=0.1 * h, maxval=0.4 * h)))
-  sy0 = jnp.floor(jax.random.uniform(ks[2]) * (h - ph + 1))
-  sx0 = jnp.floor(jax.random.uniform(ks[3]) * (w - pw + 1))
-  src_cy, src_cx = sy0 + (ph - 1) / 2.0, sx0 + (pw - 1) / 2.0
+  logits = location_logits(attention, temperature)
+  if cut_location == "attention":
+    src_cy, src_cx = draw_location(ks[2], logits, w)
+    src_cy = jnp.clip(src_cy, (ph - 1) / 2.0, h - 1 - (ph - 1) / 2.0)
+    src_cx = jnp.clip(src_cx, (pw - 1) / 2.0, w - 1 - (pw - 1) / 2.0)
+  else:
+    sy0 = jnp.floor(jax.random.uniform(ks[2]) * (h - ph + 1))
+    sx0 = jnp.floor(jax.random.uniform(ks[3]) * (w - pw + 1))
+    src_cy, src_cx = sy0 + (ph - 1) / 2.0, sx0 + (pw - 1) / 2.0
   theta = jnp.deg2rad(jax.random.uniform(ks[4], (), minval=-max_rotation, maxval=max_rotation))
   scale = jax.random.uniform(ks[5], (), minval=scale_range[0], maxval=scale_range[1])
-  a = attention.astype(jnp.float32)
-  lo, hi = jnp.min(a), jnp.max(a)
-  a = jnp.where(hi > lo, (a - lo) / jnp.maximum(hi - lo, 1e-12), 0.0)
-  flat = jax.random.categorical(ks[6], ((a - 1.0) / temperature).reshape(-1))
-  cy, cx = (flat // w).astype(jnp.float32), (flat % w).astype(jnp.float32)
+  cy, cx = draw_location(ks[6], logits, w)
   yy, xx = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32) - cy,
                         jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij")
   ct, st = jnp.cos(theta), jnp.sin(theta)
@@ -203,16 +297,23 @@ def majority_vote(probs: jax.Array) -> jax.Array:
 class HostCutPaste:
   """Stage-2 host transform: `ops.cutpaste.attention_cutpaste` with a uniform
   location map (no attention on the host), optional Poisson blending, applied
-  with probability `anomaly_prob` (picklable for grain workers)."""
+  with probability `anomaly_prob` (picklable for grain workers). `augment =
+  "color_jitter"`: `ops.cutpaste.color_jitter(FINETUNE_JITTER)` on every image
+  first (drawn after the paste decision, so "none" draws what it always drew)."""
 
-  def __init__(self, anomaly_prob: float = 0.5, poisson: bool = False):
+  def __init__(self, anomaly_prob: float = 0.5, poisson: bool = False, augment: str = "none"):
     self.anomaly_prob = float(anomaly_prob)
     self.poisson = bool(poisson)
+    self.augment = config_choice(augment, FINETUNE_AUGMENTS, "config.method.finetune.augment")
 
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
     out = dict(example)
     image = np.asarray(example["image"], np.float32)
-    if rng.random() >= self.anomaly_prob:
+    paste = rng.random() < self.anomaly_prob
+    if self.augment == "color_jitter":
+      image = cutpaste.color_jitter(image, rng, FINETUNE_JITTER)
+      out["image"] = image
+    if not paste:
       out["mask"] = np.zeros(image.shape[:2], np.float32)
       out["label"] = np.int32(0)
       return out
@@ -251,18 +352,17 @@ class Aca(Method):
     super().__init__(config, data)
     m = config.method
     self.pre, self.fine = m.pretrain, m.finetune
-    if self.pre.masking not in MASKINGS:
-      raise ConfigError(f"config.method.pretrain.masking={self.pre.masking!r}; known: "
-                        f"{', '.join(MASKINGS)}")
-    if self.pre.attention_source not in ATTENTION_SOURCES:
-      raise ConfigError(f"config.method.pretrain.attention_source="
-                        f"{self.pre.attention_source!r}; known: {', '.join(ATTENTION_SOURCES)}")
-    if self.fine.synthesis not in SYNTHESES:
-      raise ConfigError(f"config.method.finetune.synthesis={self.fine.synthesis!r}; known: "
-                        f"{', '.join(SYNTHESES)}")
-    if self.fine.guide not in GUIDES:
-      raise ConfigError(f"config.method.finetune.guide={self.fine.guide!r}; known: "
-                        f"{', '.join(GUIDES)}")
+    for section, key, allowed in (
+        ("pretrain", "masking", MASKINGS), ("pretrain", "attention_source", ATTENTION_SOURCES),
+        ("pretrain", "augment", PRETRAIN_AUGMENTS), ("finetune", "synthesis", SYNTHESES),
+        ("finetune", "guide", GUIDES), ("finetune", "cut_location", CUT_LOCATIONS),
+        ("finetune", "augment", FINETUNE_AUGMENTS),
+        ("finetune", "init_from_stage1", INIT_SOURCES)):
+      config_choice(m[section][key], allowed, f"config.method.{section}.{key}")
+    if self.fine.synthesis == "host" and self.fine.cut_location == "attention":
+      raise ConfigError("config.method.finetune.cut_location='attention' needs "
+                        "finetune.synthesis='device': the host transform has no attention map; "
+                        "set finetune.cut_location='uniform' for host synthesis")
     if not 0.0 <= float(self.pre.mask_ratio) < 1.0:
       raise ConfigError(f"config.method.pretrain.mask_ratio={self.pre.mask_ratio} must be in [0, 1)")
     name = str(config.model.backbone)
@@ -355,7 +455,8 @@ class Aca(Method):
       out.append(pre)
     host = None
     if self.fine.synthesis == "host":
-      host = HostCutPaste(float(self.fine.anomaly_prob), bool(self.fine.poisson))
+      host = HostCutPaste(float(self.fine.anomaly_prob), bool(self.fine.poisson),
+                          str(self.fine.augment))
     out.append(Stage("finetune", self._duration(self.fine), self._batch(self.fine),
                      self._stage_optim(self.fine),
                      init_model=self.init_finetune, loss_fn=self.loss_finetune,
@@ -407,7 +508,8 @@ class Aca(Method):
     b = x.shape[0]
     kt, kg, kl, kmg, kml = jax.random.split(rng, 5)
     gscale = tuple(p.global_scale)
-    t_view = normalize.imagenet(make_views(kt, x, 1, self.gsize, gscale)).astype(self.dtype)
+    t_view = normalize.imagenet(make_views(kt, x, 1, self.gsize, gscale,
+                                           **self.view_augment("teacher"))).astype(self.dtype)
     teacher = state["extras"]["teacher"]
     t_out = self._vit(teacher["vit"], t_view)
     z_t = self._head(teacher["head"], t_out["tokens"][:, 0])
@@ -416,12 +518,19 @@ class Aca(Method):
                                                 int(p.sinkhorn_iters)))
     per_example = {"q": q}
     for name, num, size, scale, kv, km in self._view_groups(kg, kl, kmg, kml):
-      views = normalize.imagenet(make_views(kv, x, num, size, scale)).astype(self.dtype)
+      views = normalize.imagenet(make_views(kv, x, num, size, scale,
+                                            **self.view_augment(name))).astype(self.dtype)
       keep = self.student_keep_ids(km, state, views)
       per_example[f"views/{name}"] = _image_major(views, num)
       if keep is not None:
         per_example[f"keep/{name}"] = _image_major(keep, num)
     return per_example, {"max_cluster_fraction": jnp.max(jnp.sum(q, axis=0)) / b}
+
+  def view_augment(self, view: str) -> dict:
+    """`make_views` options of the teacher / "global" / "local" views:
+    DINO's per-view blur, solarisation, hue and random jitter order with
+    `pretrain.augment = "dino"`, none (flip, b/c/s jitter, grayscale) with "basic"."""
+    return dict(DINO_VIEW_AUGMENT[view]) if self.pre.augment == "dino" else {}
 
   def _view_groups(self, kg, kl, kmg, kml):
     p = self.pre
@@ -459,10 +568,15 @@ class Aca(Method):
   # -- stage 2 -----------------------------------------------------------------------
   def init_finetune(self, rng: jax.Array, previous_state: Optional[PyTree] = None) -> tuple:
     """-> (trained ViT + heads, {}, {"guide": frozen copy of the starting ViT}):
-    the guide's attention places the synthetic anomalies (`finetune.guide`)."""
+    the guide's attention places the synthetic anomalies (`finetune.guide`).
+    After stage 1 the ViT is its EMA teacher's or its student's
+    (`finetune.init_from_stage1`)."""
     fresh = self._fresh(rng)
     if previous_state is not None:
-      vit = previous_state["params"]["vit"]
+      if self.fine.init_from_stage1 == "teacher":
+        vit = previous_state["extras"]["teacher"]["vit"]
+      else:
+        vit = previous_state["params"]["vit"]
     else:
       vit = self._pretrained_vit(fresh["vit"])
     params = {"vit": vit, "cls": fresh["cls"], "seg": fresh["seg"]}
@@ -478,11 +592,22 @@ class Aca(Method):
     seg = jax.image.resize(seg, (seg.shape[0], int(out_hw[0]), int(out_hw[1])), "linear")
     return logits.astype(jnp.float32), seg.astype(jnp.float32)
 
+  def augment_normal(self, key, x01):
+    """`finetune.augment`: ColorJitter(`FINETUNE_JITTER`) of every image [B,H,W,3]
+    (key fold_in(key, 1): the synthesis' own draws are unchanged); "none": x01."""
+    if self.fine.augment == "none":
+      return x01
+    keys = jax.random.split(jax.random.fold_in(key, 1), x01.shape[0])
+    return jax.vmap(lambda k, im: random_color_jitter(k, im, FINETUNE_JITTER))(keys, x01)
+
   def synthesize(self, key, guide_vit, x01):
     """Device attention-guided cut-paste: -> (images, masks, labels).
 
     `guide_vit`: the ViT parameters whose CLS attention places the pastes (the
-    frozen pre-trained backbone, `state["guide"]`, by default)."""
+    frozen pre-trained backbone, `state["guide"]`, by default). The images are
+    augmented first (`augment_normal`), the attention is that of the augmented
+    image, and every image keeps the augmentation whether it gets a paste or not."""
+    x01 = self.augment_normal(key, x01.astype(jnp.float32))
     b, h, w = x01.shape[:3]
     xn = normalize.imagenet(x01).astype(self.dtype)
     att = self.cls_attention(jax.lax.stop_gradient(guide_vit), xn)
@@ -491,7 +616,8 @@ class Aca(Method):
     kp, kc = jax.random.split(key)
     keys = jax.random.split(kc, b)
     fn = lambda k, im, a: cutpaste_one(k, im, a, temperature=float(self.fine.temperature),
-                                       jitter=float(self.fine.jitter))
+                                       jitter=float(self.fine.jitter),
+                                       cut_location=str(self.fine.cut_location))
     pasted, mask = jax.vmap(fn)(keys, x01, att)
     do = jax.random.uniform(kp, (b,)) < float(self.fine.anomaly_prob)
     mask = mask * do[:, None, None]
@@ -544,13 +670,17 @@ class Aca(Method):
          "backbone": f"{self.config.model.backbone} {self.vit_kw}",
          "stages": ("pretrain + " if self.config.method.use_pretrain else "") + "finetune",
          "test_scales": list(self.scales),
-         "synthesis": (f"device attention-guided cut-paste (p={f.anomaly_prob})"
+         "synthesis": (f"device attention-guided cut-paste (p={f.anomaly_prob}, cut "
+                       f"location {f.cut_location}, paste location attention)"
                        if f.synthesis == "device" else
-                       f"host cut-paste, uniform location, poisson={bool(f.poisson)}"),
+                       f"host cut-paste, uniform location, poisson={bool(f.poisson)}")
+                      + f", images before synthesis: {f.augment}",
+         "finetune_init": (f"stage 1's {f.init_from_stage1}" if self.config.method.use_pretrain
+                           else "model.init_from"),
          "compute_dtype": str(self.config.train.compute_dtype)}
     if self.config.method.use_pretrain:
       d["pretrain"] = (f"masking={p.masking} r={p.mask_ratio} (attention from "
-                       f"{p.attention_source}), views 1 teacher {self.gsize}px + "
+                       f"{p.attention_source}), augment={p.augment}, views 1 teacher {self.gsize}px + "
                        f"{p.num_global} x {self.gsize}px + {p.num_local} x {self.lsize}px, "
                        f"K={self.config.model.num_prototypes}, tau={p.temperature}")
     return d
