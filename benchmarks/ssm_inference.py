@@ -90,7 +90,7 @@ def torch_per_image_loop(m: ssm_lib.Ssm, state, x: np.ndarray, eta: float, devic
   from maskjax.ops import filters
   from maskjax.ops import gms as gms_lib
   jm = m.f.module(state["params"], state["model_state"])
-  tm = tu.copy_from_maskjax(tu.SsmUNet(m.widths, use_mam=m.use_mam, upsample=m.upsample),
+  tm = tu.copy_from_maskjax(tu.SsmUNet(m.widths, use_mam=m.use_mam, upsample=m.unet["upsample"]),
                             jm).eval().to(device)
   del nnx
   win = torch.tensor(np.sqrt(np.diag(filters.gaussian_kernel(11, 1.5))), dtype=torch.float32,

@@ -13,6 +13,14 @@ import ml_collections
 from maskjax.errors import ConfigError
 
 
+def config_choice(value, allowed, key: str):
+  """`value` when it is one of `allowed`, else a ConfigError naming the config
+  key (`key`, e.g. "config.method.metric_space") and the known values."""
+  if value not in allowed:
+    raise ConfigError(f"{key}={value!r}; known: {', '.join(map(repr, allowed))}")
+  return value
+
+
 def parse_variants(arg, known, source: str, default: str = "", single: bool = False) -> list[str]:
   """`get_config(arg)`'s variant string -> list of variant names.
 

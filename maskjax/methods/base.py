@@ -35,21 +35,13 @@ from typing import Any, Callable, Mapping, Optional
 import jax
 import numpy as np
 
-from maskjax.errors import ConfigError
+from maskjax.config_base import config_choice  # noqa: F401  (the methods' validator)
 
 PyTree = Any
 Batch = Mapping[str, jax.Array]
 # Host-side (NumPy, inside grain workers) per-example transform:
 # (example dict of numpy arrays, numpy Generator seeded per example) -> example dict.
 HostTransform = Callable[[dict, np.random.Generator], dict]
-
-
-def config_choice(value, allowed, key: str):
-  """`value` when it is one of `allowed`, else a ConfigError naming the config
-  key (`key`, e.g. "config.method.metric_space") and the known values."""
-  if value not in allowed:
-    raise ConfigError(f"{key}={value!r}; known: {', '.join(map(repr, allowed))}")
-  return value
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from maskjax.config_base import config_choice
 from maskjax.errors import ConfigError
 from maskjax.models import init_utils
 
@@ -264,6 +265,23 @@ class SsmUNet(nnx.Module):
       x = jnp.concatenate([x, m[..., None]], axis=-1)
     out = self.body(x, m, train)
     return out[..., :3], out[..., 3]
+
+
+# the config.model switches of the U-Nets and their values
+UNET_OPTIONS = {"upsample": ("nearest", "transpose"), "up_block": UP_BLOCKS,
+                "up_kernel": UP_KERNELS, "mask_resize": MASK_RESIZES,
+                "encoder_input": ENCODER_INPUTS}
+
+
+def unet_options(model_config, keys: Sequence[str]) -> dict:
+  """The U-Net constructor switches `keys` read from `config.model`, each
+  checked against `UNET_OPTIONS` (a ConfigError names the key)."""
+  out = {}
+  for key in keys:
+    value = model_config[key]
+    out[key] = config_choice(int(value) if key == "up_kernel" else str(value),
+                             UNET_OPTIONS[key], f"config.model.{key}")
+  return out
 
 
 def check_geometry(config, ks: Sequence[int], widths: Sequence[int], where: str) -> int:

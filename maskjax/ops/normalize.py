@@ -12,6 +12,9 @@ import numpy as np
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+# how plans and reports name each convention (`Method.input_normalization`)
+IMAGENET_NAME = "ImageNet mean / std"
+HALF_NAME = "mean = std = 0.5 (images in [-1, 1])"
 
 
 def imagenet(x: jax.Array) -> jax.Array:

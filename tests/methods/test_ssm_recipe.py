@@ -180,10 +180,10 @@ def test_full_variant_uses_official_switches_demo_the_previous_ones():
   for v in ("demo", "demo,no_mam", "demo,no_refine"):
     assert _switches(configs.get_config(f"ssm:{v}")) == PREVIOUS, v
   m = stage_helpers.build(_config("full"))
-  assert (m.up_block, m.up_kernel, m.mask_resize, m.encoder_input) == tuple(OFFICIAL.values())
+  assert {k: m.unet[k] for k in OFFICIAL} == OFFICIAL
   assert all(f"{k}={v}" in m.describe()["model"] for k, v in OFFICIAL.items())
   d = stage_helpers.build(_config("demo"))
-  assert (d.up_block, d.up_kernel, d.mask_resize, d.encoder_input) == tuple(PREVIOUS.values())
+  assert {k: d.unet[k] for k in PREVIOUS} == PREVIOUS
 
 
 @pytest.mark.parametrize("key,value", [("model.up_block", "bn_relu"),

@@ -346,7 +346,7 @@ class Aca(Method):
       "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/"
       "dino_deitsmall16_pretrain.pth",
       arch="vit_small_patch16"),)
-  input_normalization = "ImageNet mean / std"
+  input_normalization = normalize.IMAGENET_NAME
 
   def __init__(self, config, data):
     super().__init__(config, data)

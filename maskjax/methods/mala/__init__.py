@@ -223,7 +223,7 @@ class Mala(Method):
       "model.init_from", "MAE ViT-L/16 encoder + decoder",
       "https://dl.fbaipublicfiles.com/mae/visualize/mae_visualize_vit_large.pth",
       arch="mae_vit_large_patch16"),)
-  input_normalization = "ImageNet mean / std"
+  input_normalization = normalize.IMAGENET_NAME
   uses_textures = True
 
   def __init__(self, config, data):

@@ -53,7 +53,7 @@ from flax import nnx
 
 from maskjax import train_utils
 from maskjax.methods.base import Duration, Method, Stage, config_choice
-from maskjax.models.unet import UP_BLOCKS, RiadUNet, check_geometry
+from maskjax.models.unet import RiadUNet, check_geometry, unet_options
 from maskjax.ops import filters, gms, normalize, ssim
 from maskjax.ops import masks as masks_lib
 
@@ -80,23 +80,20 @@ def gaussian_filter_reflect(m: jax.Array, sigma: float, truncate: float = 4.0) -
   return x[..., 0]
 
 
-# ----------------------------------------------------------------------------
-# the method
-# ----------------------------------------------------------------------------
 class Riad(Method):
-  """RIAD; see the module docstring. State: U-Net params, BatchNorm statistics
-  as model_state."""
+  """One stage: the inpainting U-Net trained on disjoint grid masks; its
+  BatchNorm statistics are the state's model_state. Scores by MSGMS over the
+  fixed masks of every k."""
 
   name = "riad"
-  input_normalization = "mean = std = 0.5 (images in [-1, 1])"
+  input_normalization = normalize.HALF_NAME
 
   def __init__(self, config, data):
     super().__init__(config, data)
     m = config.method
     self.ks = tuple(int(k) for k in m.ks)
     self.widths = tuple(int(w) for w in config.model.widths)
-    self.upsample = str(config.model.upsample)
-    self.up_block = config_choice(str(config.model.up_block), UP_BLOCKS, "config.model.up_block")
+    self.unet = unet_options(config.model, ("upsample", "up_block"))
     self.size = check_geometry(config, self.ks, self.widths, "riad")
     self.num_masks = int(m.num_masks)
     w = m.loss_weights
@@ -115,7 +112,7 @@ class Riad(Method):
     self.f = train_utils.abstract_functional(self._factory)
 
   def _factory(self, rngs: nnx.Rngs) -> RiadUNet:
-    return RiadUNet(self.widths, upsample=self.upsample, up_block=self.up_block, rngs=rngs)
+    return RiadUNet(self.widths, **self.unet, rngs=rngs)
 
   # -- model ------------------------------------------------------------------
   def inpaint_half(self, params, rest, x01: jax.Array, masks: jax.Array, train: bool):
@@ -215,8 +212,8 @@ class Riad(Method):
 
   def describe(self) -> dict:
     return {"init": "random (no pretrained weights)",
-            "model": (f"RiadUNet widths={self.widths} upsample={self.upsample} "
-                      f"up_block={self.up_block}"),
+            "model": f"RiadUNet widths={self.widths} " + " ".join(
+                f"{k}={v}" for k, v in self.unet.items()),
             "masks": f"{self.num_masks} disjoint grid masks, k in {self.ks}",
             "score": (f"MSGMS ({self.msgms_variant}, {self.msgms_scales} scales) summed over k, "
                       f"{self.filter_size}x{self.filter_size} box filter, image score = max"

@@ -94,8 +94,7 @@ from flax import nnx
 from maskjax import train_utils
 from maskjax.errors import ConfigError, DataError
 from maskjax.methods.base import Duration, Method, Stage, config_choice
-from maskjax.models.unet import (ENCODER_INPUTS, MASK_RESIZES, UP_BLOCKS, UP_KERNELS, SsmUNet,
-                                 check_geometry)
+from maskjax.models.unet import SsmUNet, check_geometry, unet_options
 from maskjax.ops import gms, masks as masks_lib, normalize, ssim
 
 IMAGE_SCORES = ("as_written", "masked_mean", "max")
@@ -103,7 +102,6 @@ REFINED_MAPS = ("as_written", "s0_visible")
 INPUT_RANGES = ("half", "unit")
 ETA_STATISTICS = ("patch", "pixel")
 ETA_MODES = ("per_category", "global")
-UPSAMPLES = ("nearest", "transpose")
 
 
 # ----------------------------------------------------------------------------
@@ -175,15 +173,13 @@ def refine(err_fn: Callable[[jax.Array], jax.Array], s0: jax.Array, eta: jax.Arr
   return m, s, iters
 
 
-# ----------------------------------------------------------------------------
-# the method
-# ----------------------------------------------------------------------------
 class Ssm(Method):
-  """SSM; see the module docstring. State: U-Net params, BatchNorm statistics
-  as model_state."""
+  """One stage: the conditional U-Net (image and mask heads) trained on one
+  random grid mask per image; BatchNorm statistics as model_state. Calibrates
+  eta on validation normals, scores by Algorithm 1 (`refine`)."""
 
   name = "ssm"
-  input_normalization = "mean = std = 0.5 (images in [-1, 1])"
+  input_normalization = normalize.HALF_NAME
 
   def __init__(self, config, data):
     super().__init__(config, data)
@@ -193,12 +189,8 @@ class Ssm(Method):
     self.widths = tuple(int(w) for w in config.model.widths)
     mc = config.model
     self.use_mam = bool(mc.use_mam)
-    self.upsample = config_choice(str(mc.upsample), UPSAMPLES, "config.model.upsample")
-    self.up_block = config_choice(str(mc.up_block), UP_BLOCKS, "config.model.up_block")
-    self.up_kernel = int(config_choice(mc.up_kernel, UP_KERNELS, "config.model.up_kernel"))
-    self.mask_resize = config_choice(str(mc.mask_resize), MASK_RESIZES, "config.model.mask_resize")
-    self.encoder_input = config_choice(str(mc.encoder_input), ENCODER_INPUTS,
-                                       "config.model.encoder_input")
+    self.unet = unet_options(mc, ("upsample", "up_block", "up_kernel", "mask_resize",
+                                  "encoder_input"))
     self.size = check_geometry(config, self.ks + self.train_ks, self.widths, "ssm")
     w = m.loss_weights
     self.w = {"mse": float(w.mse), "gms": float(w.gms), "ssim": float(w.ssim),
@@ -222,9 +214,7 @@ class Ssm(Method):
     self.f = train_utils.abstract_functional(self._factory)
 
   def _factory(self, rngs: nnx.Rngs) -> SsmUNet:
-    return SsmUNet(self.widths, use_mam=self.use_mam, upsample=self.upsample,
-                   up_block=self.up_block, up_kernel=self.up_kernel,
-                   mask_resize=self.mask_resize, encoder_input=self.encoder_input, rngs=rngs)
+    return SsmUNet(self.widths, use_mam=self.use_mam, **self.unet, rngs=rngs)
 
   # -- model ------------------------------------------------------------------
   def predict(self, params, rest, x01: jax.Array, mask: jax.Array, train: bool = False):
@@ -420,10 +410,9 @@ class Ssm(Method):
 
   def describe(self) -> dict:
     return {"init": "random (no pretrained weights)",
-            "model": (f"SsmUNet widths={self.widths} mam={self.use_mam} upsample={self.upsample}"
-                      + (f" up_kernel={self.up_kernel}" if self.upsample == "nearest" else "")
-                      + f" up_block={self.up_block} mask_resize={self.mask_resize} "
-                      f"encoder_input={self.encoder_input}"),
+            "model": f"SsmUNet widths={self.widths} mam={self.use_mam} " + " ".join(
+                f"{k}={v}" for k, v in self.unet.items()
+                if k != "up_kernel" or self.unet["upsample"] == "nearest"),
             "inference": (f"progressive mask refinement (lax.while_loop, max_iters="
                           f"{self.max_iters}), k in {self.ks}, eta {self.eta_mode} "
                           f"{'per k ' if self.eta_per_scale else 'max over k '}"
