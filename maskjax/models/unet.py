@@ -284,9 +284,11 @@ def unet_options(model_config, keys: Sequence[str]) -> dict:
   return out
 
 
-def check_geometry(config, ks: Sequence[int], widths: Sequence[int], where: str) -> int:
-  """Image size must be divisible by every grid cell size k and by the U-Net's
-  total stride; -> the image size."""
+def grid_geometry(config, ks: Sequence[int], where: str) -> tuple[tuple[int, ...], int]:
+  """(U-Net widths from `config.model.widths`, image size) of a grid-masking
+  method. The image size must be divisible by every grid cell size k and by
+  the U-Net's total stride."""
+  widths = tuple(int(w) for w in config.model.widths)
   size = int(config.input.image_size)
   factor = 2 ** (len(widths) - 1)
   if size % factor:
@@ -298,4 +300,4 @@ def check_geometry(config, ks: Sequence[int], widths: Sequence[int], where: str)
                       f"not divide config.input.image_size={size}")
   if not ks:
     raise ConfigError(f"{where}: config.method.ks is empty; give at least one cell size")
-  return size
+  return widths, size

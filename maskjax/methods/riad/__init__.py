@@ -52,8 +52,9 @@ import numpy as np
 from flax import nnx
 
 from maskjax import train_utils
-from maskjax.methods.base import Duration, Method, Stage, config_choice
-from maskjax.models.unet import RiadUNet, check_geometry, unet_options
+from maskjax.methods.base import Stage, config_choice
+from maskjax.methods.grid_inpainting import GridInpaintingMethod
+from maskjax.models.unet import RiadUNet
 from maskjax.ops import filters, gms, normalize, ssim
 from maskjax.ops import masks as masks_lib
 
@@ -80,21 +81,17 @@ def gaussian_filter_reflect(m: jax.Array, sigma: float, truncate: float = 4.0) -
   return x[..., 0]
 
 
-class Riad(Method):
+class Riad(GridInpaintingMethod):
   """One stage: the inpainting U-Net trained on disjoint grid masks; its
   BatchNorm statistics are the state's model_state. Scores by MSGMS over the
   fixed masks of every k."""
 
   name = "riad"
-  input_normalization = normalize.HALF_NAME
+  UNET_KEYS = ("upsample", "up_block")
 
   def __init__(self, config, data):
     super().__init__(config, data)
     m = config.method
-    self.ks = tuple(int(k) for k in m.ks)
-    self.widths = tuple(int(w) for w in config.model.widths)
-    self.unet = unet_options(config.model, ("upsample", "up_block"))
-    self.size = check_geometry(config, self.ks, self.widths, "riad")
     self.num_masks = int(m.num_masks)
     w = m.loss_weights
     self.w = {"l2": float(w.l2), "ssim": float(w.ssim), "msgms": float(w.msgms)}
@@ -107,8 +104,6 @@ class Riad(Method):
     self.msgms_loss_reduction = config_choice(str(m.msgms_loss_reduction), MSGMS_LOSS_REDUCTIONS,
                                         "config.method.msgms_loss_reduction")
     self.filter_size = int(m.score_filter)
-    self.score_seed = int(m.score_seed)
-    self.dtype = train_utils.compute_dtype(config.train)
     self.f = train_utils.abstract_functional(self._factory)
 
   def _factory(self, rngs: nnx.Rngs) -> RiadUNet:
@@ -162,11 +157,6 @@ class Riad(Method):
 
   # -- training ---------------------------------------------------------------
   def stages(self) -> list[Stage]:
-    def init_model(rng, previous):
-      del previous
-      params, rest = train_utils.init_pure(self._factory, rng)
-      return params, rest, {}
-
     def prepare(state, batch, rng, step):
       masks, k = self._train_masks(rng)  # one set of masks for the whole batch
       return {"image": batch["image"].astype(jnp.float32)}, {"masks": masks, "k": k}
@@ -182,15 +172,13 @@ class Riad(Method):
       aux["model_state"] = rest
       return loss, aux
 
-    return [Stage(name="train", duration=Duration(epochs=int(self.config.train.epochs)),
-                  batch_size=int(self.config.input.batch_size), optim=self.config.optim,
-                  init_model=init_model, loss_fn=loss_fn, prepare=prepare)]
+    return [self.train_stage(loss_fn, prepare)]
 
   # -- scoring ----------------------------------------------------------------
   def score_masks(self, k: int) -> jax.Array:
     """The fixed test-time masks [n,H,W] for cell size k."""
-    key = jax.random.fold_in(jax.random.PRNGKey(self.score_seed), k)
-    return masks_lib.disjoint_grid_masks(key, self.size, self.size, k, self.num_masks)
+    return masks_lib.disjoint_grid_masks(self.score_key(k), self.size, self.size, k,
+                                         self.num_masks)
 
   def score(self, state, batch, calibration) -> dict:
     del calibration

@@ -93,8 +93,9 @@ from flax import nnx
 
 from maskjax import train_utils
 from maskjax.errors import ConfigError, DataError
-from maskjax.methods.base import Duration, Method, Stage, config_choice
-from maskjax.models.unet import SsmUNet, check_geometry, unet_options
+from maskjax.methods.base import Stage, config_choice
+from maskjax.methods.grid_inpainting import GridInpaintingMethod
+from maskjax.models.unet import SsmUNet
 from maskjax.ops import gms, masks as masks_lib, normalize, ssim
 
 IMAGE_SCORES = ("as_written", "masked_mean", "max")
@@ -173,25 +174,19 @@ def refine(err_fn: Callable[[jax.Array], jax.Array], s0: jax.Array, eta: jax.Arr
   return m, s, iters
 
 
-class Ssm(Method):
+class Ssm(GridInpaintingMethod):
   """One stage: the conditional U-Net (image and mask heads) trained on one
   random grid mask per image; BatchNorm statistics as model_state. Calibrates
   eta on validation normals, scores by Algorithm 1 (`refine`)."""
 
   name = "ssm"
-  input_normalization = normalize.HALF_NAME
+  UNET_KEYS = ("upsample", "up_block", "up_kernel", "mask_resize", "encoder_input")
 
   def __init__(self, config, data):
-    super().__init__(config, data)
     m = config.method
-    self.ks = tuple(int(k) for k in m.ks)
     self.train_ks = tuple(int(k) for k in m.train_ks)
-    self.widths = tuple(int(w) for w in config.model.widths)
-    mc = config.model
-    self.use_mam = bool(mc.use_mam)
-    self.unet = unet_options(mc, ("upsample", "up_block", "up_kernel", "mask_resize",
-                                  "encoder_input"))
-    self.size = check_geometry(config, self.ks + self.train_ks, self.widths, "ssm")
+    super().__init__(config, data, geometry_ks=self.train_ks)
+    self.use_mam = bool(config.model.use_mam)
     w = m.loss_weights
     self.w = {"mse": float(w.mse), "gms": float(w.gms), "ssim": float(w.ssim),
               "mask": float(w.mask)}
@@ -209,8 +204,6 @@ class Ssm(Method):
     self.eta_mode = config_choice(str(m.eta_mode), ETA_MODES, "config.method.eta_mode")
     self.eta_scale = float(m.eta_scale)
     self.eta_per_scale = bool(m.eta_per_scale)
-    self.score_seed = int(m.score_seed)
-    self.dtype = train_utils.compute_dtype(config.train)
     self.f = train_utils.abstract_functional(self._factory)
 
   def _factory(self, rngs: nnx.Rngs) -> SsmUNet:
@@ -261,11 +254,6 @@ class Ssm(Method):
     }
 
   def stages(self) -> list[Stage]:
-    def init_model(rng, previous):
-      del previous
-      params, rest = train_utils.init_pure(self._factory, rng)
-      return params, rest, {}
-
     def prepare(state, batch, rng, step):
       x = batch["image"].astype(jnp.float32)
       mask, k = self.train_masks(rng, x.shape[0])
@@ -281,9 +269,7 @@ class Ssm(Method):
       aux["model_state"] = rest
       return loss, aux
 
-    return [Stage(name="train", duration=Duration(epochs=int(self.config.train.epochs)),
-                  batch_size=int(self.config.input.batch_size), optim=self.config.optim,
-                  init_model=init_model, loss_fn=loss_fn, prepare=prepare)]
+    return [self.train_stage(loss_fn, prepare)]
 
   # -- inference ----------------------------------------------------------------
   def initial_map(self, params, rest, x01: jax.Array, k: int) -> jax.Array:
@@ -298,8 +284,8 @@ class Ssm(Method):
   def random_mask_map(self, params, rest, x01: jax.Array, k: int) -> jax.Array:
     """No-refinement baseline: mean of eq. 12 over fixed random grid masks."""
     b = x01.shape[0]
-    key = jax.random.fold_in(jax.random.PRNGKey(self.score_seed), k)
-    ms = masks_lib.random_grid_masks(key, self.num_random_masks, self.size, self.size, k)
+    ms = masks_lib.random_grid_masks(self.score_key(k), self.num_random_masks, self.size,
+                                     self.size, k)
 
     def body(acc, m):
       mm = jnp.broadcast_to(m, (b,) + m.shape)
