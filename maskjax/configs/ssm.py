@@ -101,7 +101,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # loss = mse * MSE + gms * (1 - GMS) + ssim * (1 - SSIM) + mask * mask MSE (eq. 11)
   c.method.loss_weights = ml_collections.ConfigDict(
       {"mse": 1.0, "gms": 1.0, "ssim": 1.0, "mask": 1.0})
-  c.method.input_range = "half"              # "half" (mean=std=0.5) | "unit" ([0,1], official code)
+  # U-Net input and output range: "unit" ([0, 1] images, tanh output compared as is: the official
+  # code, ToTensor without Normalize) | "half" (mean = std = 0.5, previous); losses on [0, 1]
+  c.method.input_range = "unit"
   c.method.refine = True                     # False: the paper's no-refinement baseline
   c.method.max_iters = 10                    # refinement iterations per scale, at most
   c.method.num_random_masks = 16             # no-refinement baseline only
@@ -142,6 +144,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.up_kernel = 3                    # previous: nearest x2 + 3x3 conv
     c.model.mask_resize = "half_pixel"       # previous: jax.image.resize nearest
     c.model.encoder_input = "image_mask"     # previous: 4-channel encoder input
+    c.method.input_range = "half"            # previous: mean = std = 0.5 U-Net input
     c.method.train_ks = (4, 8, 16)
     c.method.ks = (4, 8, 16)
     c.method.refined_map = "s0_visible"      # keep S^0 below eta (docs/RECIPES.md)

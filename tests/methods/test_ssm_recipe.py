@@ -246,3 +246,25 @@ def test_demo_builds_exactly_the_previous_net():
       params, rest, jnp.asarray(x), jnp.asarray(mk))
   for a, b in zip(got, _run(ref, x, mk)):
     assert np.array_equal(np.asarray(a), b)
+
+
+def test_full_variant_feeds_the_net_unit_images_demo_half_ones():
+  """The official code gives the U-Net ToTensor images in [0, 1] (no Normalize)
+  and compares its tanh output with them as is; the demo keeps mean = std = 0.5."""
+  assert configs.get_config("ssm:full").method.input_range == "unit"
+  assert configs.get_config("ssm:demo").method.input_range == "half"
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.uniform(size=(2, SIZE, SIZE, 3)), jnp.float32)
+  mask = jnp.asarray(rng.uniform(size=(2, SIZE, SIZE)) > 0.5, jnp.float32)
+  for variant, into, back in (("full", lambda a: a, lambda a: a),
+                              ("demo", lambda a: 2 * a - 1, lambda a: (a + 1) / 2)):
+    c = _config(variant)
+    c.model.widths = WIDTHS
+    m = stage_helpers.build(c)
+    stage = stage_helpers.stages(m)[0]
+    params, rest, _ = stage.init_model(jax.random.PRNGKey(0), None)
+    (img, msk), _ = m.predict(params, rest, x, mask)
+    net = m.f.module(params, rest)
+    want_img, want_msk = net(into(x), mask, train=False)
+    np.testing.assert_allclose(np.asarray(img), np.asarray(back(want_img)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(msk), np.asarray(back(want_msk)), atol=1e-6)
