@@ -64,6 +64,8 @@ class Detector:
     self.config, self.workdir, self.method, self.state = config, workdir, method, state
     self.mesh, self.calibration, self.stats = mesh, calibration, stats
     self.image_size = int(config.input.image_size)
+    # > 0: score also needs each image at this side ("image_source", ACA's test scales)
+    self.source_size = int(config.input.source_size)
     self.categories = list(stats.get("categories") or config.input.categories)
     self._score = None
 
@@ -93,12 +95,30 @@ class Detector:
     return ExportedDetector(out_dir)
 
   # -- scoring -------------------------------------------------------------------
-  def score(self, images: np.ndarray, category_ids=None, *, progress: str = "") -> dict:
+  def score(self, images: np.ndarray, category_ids=None, *, progress: str = "",
+            sources: Optional[np.ndarray] = None) -> dict:
     """Prepared float32 [N, S, S, 3] images -> {"image_score" [N], "anomaly_map" [N, S, S]}.
-    `progress`: a job name to log progress per batch with an ETA under ("" = quiet)."""
+    `progress`: a job name to log progress per batch with an ETA under ("" = quiet).
+    `sources`: float32 [N, T, T, 3], the same images prepared at T =
+    `config.input.source_size` (`prepare.to_model_input(item, T)`); needed
+    exactly when that key is > 0."""
     import jax
 
     from maskjax import logging_utils
+    from maskjax.errors import ConfigError
+    if self.source_size and sources is None:
+      raise ConfigError(f"this run has config.input.source_size={self.source_size}: score() "
+                        f"needs sources=, the images prepared at {self.source_size} px as well "
+                        "(Detector.predict prepares both)")
+    if sources is not None:
+      sources = np.asarray(sources, np.float32)
+      t = self.source_size
+      if not t:
+        raise ConfigError("sources= given but this run has config.input.source_size=0 "
+                          "(its score reads no image_source)")
+      if sources.shape != (len(images), t, t, 3):
+        raise ConfigError(f"sources has shape {sources.shape}; config.input.source_size={t} "
+                          f"expects [{len(images)}, {t}, {t}, 3]")
     if self._score is None:
       from maskjax.evaluate import jitted
       self._score = jitted(self.method, "score")
@@ -119,6 +139,10 @@ class Detector:
                "category_id": np.concatenate([np.maximum(cats[start:start + bs], 0),
                                               np.zeros((pad,), np.int32)]).astype(np.int32),
                "valid": np.arange(bs) < m, "index": np.arange(bs, dtype=np.int32)}
+      if sources is not None:
+        src = sources[start:start + bs]
+        batch["image_source"] = np.concatenate([src, np.zeros((pad,) + src.shape[1:],
+                                                              np.float32)])
       out = jax.device_get(self._score(self.state, batch, self.calibration))
       scores.append(np.asarray(out["image_score"], np.float32)[:m])
       maps.append(np.asarray(out["anomaly_map"], np.float32)[:m])
@@ -137,8 +161,10 @@ class Detector:
     items = prepare.collect(inputs)
     cats = [prepare.category_for(it, category, self.categories) for it in items]
     arrays = np.stack([prepare.to_model_input(it, self.image_size) for it in items])
+    sources = (np.stack([prepare.to_model_input(it, self.source_size) for it in items])
+               if self.source_size else None)
     ids = [self.categories.index(c) if c is not None else -1 for c, _ in cats]
-    out = self.score(arrays, ids, progress=progress)
+    out = self.score(arrays, ids, progress=progress, sources=sources)
     preds = []
     for i, it in enumerate(items):
       cat, source = cats[i]

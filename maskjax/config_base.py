@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Category names or globs; "dataset/name" when several datasets are combined.
   c.input.categories = ("*",)
   c.input.image_size = 256          # side of the square model input, pixels (images are resized)
+  c.input.source_size = 0           # > 0: batches also hold "image_source", the photo at this side
   c.input.batch_size = 8            # global training batch (all devices and hosts together)
   c.input.eval_batch_size = 8       # global batch of calibration, evaluation and predict
   c.input.val_fraction = 0.1        # of training normals, seeded, for thresholds

@@ -11,7 +11,9 @@ dimension is symbolic when the method's score lowers that way, otherwise it
 is the run's `input.eval_batch_size` and the loader pads. Before writing, the
 exported function is run on random images and compared with the live score;
 the largest differences are recorded in `detector.json` and an export that
-disagrees by more than 1e-5 is refused.
+disagrees by more than 1e-5 is refused. A run with `config.input.source_size`
+> 0 (ACA's full config: its test scales are resized from the photo at that
+side) is refused: the artifact takes one image.
 
 `maskjax.Detector.load_exported(OUT)` (`maskjax.exported`) runs the artifact
 with jax and numpy alone; see that module for the files written.
@@ -29,7 +31,7 @@ from absl import logging
 
 from maskjax import exported as exported_lib
 from maskjax import fileio
-from maskjax.errors import CheckpointError, UserError
+from maskjax.errors import CheckpointError, ConfigError, UserError
 
 PARITY_TOLERANCE = 1e-5
 
@@ -102,6 +104,12 @@ def export_run(workdir: str, out_dir: str, *, config=None,
   workdir = os.path.abspath(workdir)
   per_category.refuse_single_model_use(workdir, "export")
   config = config if config is not None else workdir_lib.load_run_config(workdir)
+  source = int(config.input.source_size)
+  if source:
+    raise ConfigError(f"config.input.source_size={source}: the run's score also reads each image "
+                      f"at {source} px (image_source) and the exported detector takes one image "
+                      "at input.image_size; export is not supported for such runs (use "
+                      "maskjax.Detector.load or --mode=predict)")
   fileio.ensure_writable_dir(out_dir, "--out")
   method = build_method(config, data_info.for_workdir(config, workdir))
   method.workdir = workdir

@@ -28,3 +28,17 @@ def test_config_builds_its_method(name, variant):
   stages = stage_helpers.stages(method)
   assert stages and all(s.steps > 0 for s in stages)
   assert isinstance(method.describe(), dict)
+
+
+def test_source_size_is_refused_by_methods_that_ignore_it():
+  """`input.source_size` > 0 only for a method that reads `image_source` (ACA);
+  any other method would decode it and ignore it: one ConfigError naming the key."""
+  from maskjax.errors import ConfigError
+  for name in ("riad", "ssm", "ear", "mala"):
+    c = configs.get_config(f"{name}:demo")
+    c.input.source_size = 128
+    with pytest.raises(ConfigError, match="config.input.source_size=128"):
+      stage_helpers.build(c)
+  c = configs.get_config("aca:demo")
+  c.input.source_size = 128
+  assert stage_helpers.build(c).name == "aca"

@@ -23,8 +23,9 @@ Variants (`--config=configs/aca.py:VARIANT`, comma-separated to combine):
              fine-tuning from the EMA teacher, images colour-jittered before the
              synthesis, patches cut and pasted at attention-drawn locations;
              lambda_det 0.95 / lambda_seg 0.05, scales {224,320,384,416,448,512}
-             (docs/RECIPES.md "ACA": every setting against the paper and the
-             DINO / SwAV code)
+             resized from the photo at 512 px (input.source_size), from which
+             the pretraining crops are cut too (docs/RECIPES.md "ACA": every
+             setting against the paper and the DINO / SwAV code)
   demo       tiny ViT /8 at 64 px on the embedded demo data (all demo categories
              in one model), global 64 / local 32 views, scales {64, 96, 128};
              both stages and the evaluation on a 2-core CPU:
@@ -36,7 +37,9 @@ Variants (`--config=configs/aca.py:VARIANT`, comma-separated to combine):
                method.finetune.augment "none" (full "color_jitter"),
                method.finetune.init_from_stage1 "student" (full "teacher"),
                optim.decay_mask "all", optim.no_decay_names () (full
-               "no_bias_norm", ("prototypes",)).
+               "no_bias_norm", ("prototypes",)),
+               input.source_size 0: crops and test scales from the 64 px
+               input (full 512: from the photo resized to 512 px).
   Ablations (paper Table 4): random_mask, no_mask (masking strategy),
   no_pretrain (fine-tune the DINO / random backbone directly),
   poisson (host-side cut-paste with Poisson blending; the host has no attention
@@ -76,9 +79,13 @@ Decisions where the paper is silent (see maskjax/methods/aca/__init__.py):
   augmented with ColorJitter(0.1, 0.1, 0.1, 0.1) before the synthesis (the
   paper says "data augmentations" without naming them; CutPaste's PyTorch
   code's choice).
-Open (needs the data pipeline to deliver a second, larger image): the test
-  scales are the 224 px input upsampled, and the pretraining crops are cut
-  from the 224 px input, where the paper resizes the original photograph.
+Resolution (full config): the pipeline also delivers `image_source`, the
+  photo resized once to input.source_size = 512 (the largest test scale);
+  the test scales are resized from it (antialiased) and the pretraining
+  crops are cut from it, as the paper resizes the original photograph and
+  DINO crops it. Fine-tuning, the synthesis and the maps / pixel metrics
+  stay at input.image_size (224). An exported detector takes one image, so
+  `python -m maskjax.export` refuses source_size > 0.
 """
 from __future__ import annotations
 
@@ -95,6 +102,8 @@ VARIANTS = ("full", "demo", "random_mask", "no_mask", "no_pretrain", "poisson", 
 RECORDED_DEFAULTS = {"method.pretrain.augment": "basic", "method.finetune.cut_location": "uniform",
                      "method.finetune.augment": "none",
                      "method.finetune.init_from_stage1": "student"}
+# (input.source_size is a shared key: an older run's config.json is filled with
+# base_config's 0, the previous code, by maskjax.workdir.with_schema_defaults.)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -110,6 +119,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.input.batch_size = config_dict.placeholder(int)    # None: each stage's batch; set: every stage
   c.train.epochs = config_dict.placeholder(int)        # None: each stage's epochs; set: every stage
   c.input.eval_batch_size = 8
+  c.input.source_size = 512                  # photo side the test scales and crops come from
 
   # -- model ------------------------------------------------------------------------
   c.model.backbone = "vit_small_patch16"     # maskjax.models.vit.VIT_CONFIGS name
@@ -184,6 +194,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "demo" in variants:
     c.input.categories = ("*",)
     c.input.image_size = 64
+    c.input.source_size = 0                  # crops and test scales from the 64 px input
     c.input.eval_batch_size = 32
     c.model.backbone = "vit_tiny_patch8"
     c.model.backbone_overrides.dim = 96      # ViT width (vit_tiny_patch8 has 192)

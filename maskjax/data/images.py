@@ -5,6 +5,8 @@ Conventions:
     straight to a square (aspect ratio not kept, as the MVTec AD / VisA
     reference pipelines do) with PIL's bilinear filter, which antialiases when
     downscaling. Grayscale ("L") images are repeated to 3 channels.
+    `load_image_sizes` decodes once and resizes the decoded photo to several
+    sides (the pipeline's `image` and `image_source`, `config.input.source_size`).
   * `load_mask` returns float32 [size, size] in {0, 1}: any non-zero pixel (in
     any channel, alpha ignored) is a defect; resized with nearest neighbour.
     Masks with more than one non-zero value are reported when the dataset is
@@ -234,7 +236,20 @@ def load_image(path: str, size: int, *, convert_unusual: bool = False) -> np.nda
   Raises DataError naming the file for unreadable, truncated or corrupt files,
   and for unusual modes unless `convert_unusual` (see the module docstring).
   """
+  return _resized(_to_float_rgb(_open_decoded(path), path, convert_unusual), size)
+
+
+def load_image_sizes(path: str, sizes, *, convert_unusual: bool = False) -> list[np.ndarray]:
+  """The image decoded once, then resized to each side in `sizes` as
+  `load_image` resizes it (each from the decoded photo, never from another
+  size): [float32 [s, s, 3] in [0, 1] for s in sizes]."""
   img = _to_float_rgb(_open_decoded(path), path, convert_unusual)
+  return [_resized(img, int(s)) for s in sizes]
+
+
+def _resized(img: np.ndarray | Image.Image, size: int) -> np.ndarray:
+  """A decoded image (`_to_float_rgb`) -> float32 [size, size, 3] in [0, 1]
+  (PIL bilinear, antialiased when shrinking)."""
   if isinstance(img, np.ndarray):
     out = resize_float(img, size)
   else:

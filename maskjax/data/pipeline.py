@@ -16,17 +16,26 @@ Per-example dict before the transform:
   mask         float32 [H, W] in {0, 1} (zeros for normals)
   label        int32 []
   category_id  int32 []
+  image_source float32 [S, S, 3] in [0, 1], only when S = config.input.source_size
+               > 0: the same photo resized once from its decoded original (PIL
+               bilinear, antialiased when shrinking, as `image`), never from
+               `image`; for methods that cut crops or test scales larger or
+               sharper than `image` (ACA). A method that does not read it
+               ignores it (it only costs the decode-side resize and the
+               host-to-device bytes: S = 512 is 5.2x those of a 224 image).
 Batches stack these on a leading host-local batch axis. `iter(ds)` is a grain
 `DatasetIterator`; `get_state()` / `set_state()` restore the exact position.
 
 Evaluation (`eval_batches`): records in their given order, padded to a
 multiple of the global batch size; batch t covers records [t*B, (t+1)*B), host
 p holding the contiguous slice [p*b, (p+1)*b) of it (b = B / process_count).
-Padding examples are zeros with `valid=False` and `index=-1`.
+Padding examples are zeros with `valid=False` and `index=-1` (and a zero
+`image_source` when source_size > 0).
 """
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import grain
@@ -41,20 +50,43 @@ HostTransform = Callable[[dict, np.random.Generator], dict]
 
 @dataclasses.dataclass(frozen=True)
 class DecodeExample:
-  """Picklable record -> example dict (see the module docstring)."""
+  """Picklable record -> example dict (see the module docstring); with
+  `source_size` > 0 also "image_source" (the photo decoded once, resized to
+  both sides)."""
   image_size: int
   convert_unusual: bool = False
+  source_size: int = 0
 
   def __call__(self, r: Record) -> dict:
     n = self.image_size
-    image = images.load_image(r.path, n, convert_unusual=self.convert_unusual)
+    source = None
+    if self.source_size:
+      image, source = images.load_image_sizes(r.path, (n, self.source_size),
+                                              convert_unusual=self.convert_unusual)
+    else:
+      image = images.load_image(r.path, n, convert_unusual=self.convert_unusual)
     mask = images.load_mask(r.mask_path, n) if r.mask_path else np.zeros((n, n), np.float32)
-    return {"image": image, "mask": mask, "label": np.int32(r.label),
-            "category_id": np.int32(r.category_id)}
+    ex = {"image": image, "mask": mask, "label": np.int32(r.label),
+          "category_id": np.int32(r.category_id)}
+    if source is not None:
+      ex["image_source"] = source
+    return ex
+
+
+def source_size(input_cfg) -> int:
+  """`config.input.source_size` (0 = off); anything but an int >= 0 is a
+  ConfigError naming the key. (A run recorded before the key existed reads
+  base_config's 0: `maskjax.workdir.with_schema_defaults`.)"""
+  s = input_cfg.source_size
+  if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 0:
+    raise ConfigError(f"config.input.source_size={s!r} must be an int >= 0 (0 = off: no "
+                      "image_source in the batches; > 0: the side of the image_source image)")
+  return int(s)
 
 
 def _decoder(input_cfg) -> DecodeExample:
-  return DecodeExample(int(input_cfg.image_size), bool(input_cfg.convert_unusual_images))
+  return DecodeExample(int(input_cfg.image_size), bool(input_cfg.convert_unusual_images),
+                       source_size(input_cfg))
 
 
 def _local_batch(global_batch_size: int, process_count: int) -> int:
@@ -154,9 +186,14 @@ class _EvalExample:
   def __call__(self, index: int) -> dict:
     if index < 0:
       n = self.decode.image_size
-      return {"image": np.zeros((n, n, 3), np.float32), "mask": np.zeros((n, n), np.float32),
-              "label": np.int32(0), "category_id": np.int32(0), "valid": np.bool_(False),
-              "index": np.int32(-1)}
+      ex = {"image": np.zeros((n, n, 3), np.float32), "mask": np.zeros((n, n), np.float32),
+            "label": np.int32(0), "category_id": np.int32(0)}
+      if self.decode.source_size:
+        s = self.decode.source_size
+        ex["image_source"] = np.zeros((s, s, 3), np.float32)
+      ex["valid"] = np.bool_(False)
+      ex["index"] = np.int32(-1)
+      return ex
     ex = self.decode(self.records[index])
     ex["valid"] = np.bool_(True)
     ex["index"] = np.int32(index)

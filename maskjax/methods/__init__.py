@@ -93,4 +93,9 @@ def build_method(config, data: DataInfo):
         "that reads it (it would be ignored); leave it empty"
         + ("; EAR's saliency ViT reads config.model.saliency_init_from"
            if "saliency_init_from" in config.model else ""))
+  source_size = int(config.input.source_size)
+  if source_size > 0 and not cls.uses_source_image:
+    raise ConfigError(
+        f"config.input.source_size={source_size}: method {cls.name!r} does not read the "
+        "source-resolution image (it would only be decoded and ignored); set it to 0")
   return cls(config, data)

@@ -25,6 +25,9 @@ sharded along the mesh's data axes on their leading dimension:
   label        int32   [B]  0 normal, 1 anomalous
   category_id  int32   [B]
   valid        bool    [B]  False for padding examples in the last eval batch
+  image_source float32 [B, S, S, 3] in [0, 1], only with `config.input.source_size`
+               S > 0 (the photo resized once to S; for methods with
+               `uses_source_image`: ACA's test scales and pretraining crops)
   plus whatever keys the stage's `host_transform` adds.
 """
 from __future__ import annotations
@@ -229,6 +232,9 @@ class Method:
   #: whether the method reads `config.model.init_from` (pretrained weights);
   #: the loop refuses a non-empty value for a method that would ignore it.
   uses_init_from: bool = False
+  #: whether the method reads the batches' `image_source` (`config.input.source_size`
+  #: > 0); the loop refuses a positive size for a method that would ignore it.
+  uses_source_image: bool = False
   #: the modules the paper initialises from pretrained weights: a training run
   #: without their checkpoint is refused unless `config.model.allow_random_init`
   pretrained: tuple[PretrainedWeights, ...] = ()

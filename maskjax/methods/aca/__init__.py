@@ -12,7 +12,9 @@ Stage 1 ("pretrain")
   The prototypes are shared: the teacher scores against stop_gradient(C).
 
   Views are made on the device inside the jitted step from the [0, 1] batch
-  image (the host pipeline delivers one image per example):
+  image: `image_source` when `config.input.source_size` > 0 (the photo
+  resized once by the host pipeline to that side, 512 in the full config),
+  else `image` (`input.image_size`; the demo):
     * random resized crop: area fraction U(scale), log aspect U(log 3/4, log 4/3),
       clipped to the image, uniform position, resampled to the view size with
       separable triangle-kernel weights (bilinear, antialiased when shrinking,
@@ -43,9 +45,12 @@ Stage 1 ("pretrain")
   from), the student's global crops the second (rarely blurred, solarised
   p = 0.2), as in DINO where the second view is the more distorted input. Each
   student crop is augmented on its own (DINO's per-crop transforms), not cut
-  from one shared augmented image. The crops are cut from the input image
-  (`input.image_size`, 224), not from the original photograph as in DINO
-  (open: needs a second, larger image from the data pipeline).
+  from one shared augmented image. With `input.source_size` > 0 the crops
+  are cut from `image_source`, as DINO crops the original photograph (the
+  boxes are fractions of the image: `random_resized_crop_params` draws the
+  same fractional box at any side, so only the pixels the crop resamples
+  from change; `resample_matrix` antialiases when shrinking); with 0 from
+  the `input.image_size` image (the demo; upsampled, softer crops).
 
   Masking of the student views (`method.masking`, paper Table 4):
     apmask  drop the int(r N) least-attended patch tokens (r = `mask_ratio`),
@@ -120,15 +125,18 @@ Stage 2 ("finetune")
 
 Scoring (`score`, pure, jitted by the loop)
   For every scale S in `method.test_scales` the [0, 1] image is resized
-  (bilinear) to S x S, ImageNet-normalised and run through the ViT (learned
+  (bilinear, antialiased when shrinking) to S x S: `image_source` (the
+  photo at `input.source_size`, 512 in the full config) when that key is > 0,
+  as the paper resizes the original test image to each scale, else `image`
+  (upsampled; the demo); then ImageNet-normalised and run through the ViT (learned
   position embedding interpolated to the S/p grid, DINO's bicubic rule); the
   patch logits are resized bilinearly to the input H x W and passed through a
   sigmoid; p_S = softmax(logits)[1]. anomaly_map = mean over scales of the maps;
   image_score = mean_S p_S (for AUROC); decision = majority vote of p_S > 0.5
-  (more than half of the scales). Open: the paper resizes the original test
-  photograph to each scale; here the scales are the `input.image_size` image
-  upsampled (the pipeline delivers one size), so scales above it add
-  resolution to the attention grid but no image detail.
+  (more than half of the scales). The maps are at the `input.image_size`
+  H x W of `image` either way (the masks' resolution; the paper resizes them
+  to the original test resolution). Fine-tuning and the synthesis read
+  `image` only.
 """
 from __future__ import annotations
 
@@ -341,6 +349,7 @@ def _view_major(x: jax.Array) -> jax.Array:
 class Aca(Method):
   name = "aca"
   uses_init_from = True
+  uses_source_image = True
   pretrained = (PretrainedWeights.from_url(
       "model.init_from", "ViT-S/16 encoder",
       "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/"
@@ -372,6 +381,11 @@ class Aca(Method):
     self.img = int(config.input.image_size)
     self.gsize, self.lsize = int(self.pre.global_size), int(self.pre.local_size)
     self.scales = tuple(int(s) for s in m.test_scales)
+    # 0: crops and test scales from `image`; > 0: from `image_source` (pipeline)
+    self.source = config.input.source_size
+    if isinstance(self.source, bool) or not isinstance(self.source, int) or self.source < 0:
+      raise ConfigError(f"config.input.source_size={self.source!r} must be an int >= 0 (0: "
+                        "crops and test scales from the input image; > 0: from image_source)")
     for key, s in ([("input.image_size", self.img), ("method.pretrain.global_size", self.gsize),
                     ("method.pretrain.local_size", self.lsize)]
                    + [("method.test_scales", s) for s in self.scales]):
@@ -504,7 +518,7 @@ class Aca(Method):
     """Teacher targets (Sinkhorn over the whole batch), the student's views and
     their kept tokens, per image: micro-batches see what the whole batch sees."""
     p = self.pre
-    x = batch["image"].astype(jnp.float32)
+    x = self._source_image(batch).astype(jnp.float32)
     b = x.shape[0]
     kt, kg, kl, kmg, kml = jax.random.split(rng, 5)
     gscale = tuple(p.global_scale)
@@ -525,6 +539,21 @@ class Aca(Method):
       if keep is not None:
         per_example[f"keep/{name}"] = _image_major(keep, num)
     return per_example, {"max_cluster_fraction": jnp.max(jnp.sum(q, axis=0)) / b}
+
+  def _source_image(self, batch) -> jax.Array:
+    """What crops and test scales are cut from: `image_source` with
+    `input.source_size` > 0, else `image`."""
+    if not self.source:
+      return batch["image"]
+    if "image_source" not in batch:
+      raise ConfigError(f"config.input.source_size={self.source} but the batch has no "
+                        f"'image_source' (keys: {', '.join(sorted(batch))}); batches from "
+                        "maskjax.data.pipeline with this input config carry it")
+    src = batch["image_source"]
+    if src.shape[1:] != (self.source, self.source, 3):
+      raise ConfigError(f"batch 'image_source' has shape {src.shape}, config.input.source_size="
+                        f"{self.source} expects [B, {self.source}, {self.source}, 3]")
+    return src
 
   def view_augment(self, view: str) -> dict:
     """`make_views` options of the teacher / "global" / "local" views:
@@ -649,11 +678,13 @@ class Aca(Method):
   # -- scoring ------------------------------------------------------------------------
   def score(self, state: PyTree, batch, calibration: dict) -> dict:
     params = state["params"]
-    x = batch["image"].astype(jnp.float32)
-    b, h, w = x.shape[:3]
+    b, h, w = batch["image"].shape[:3]          # maps at the input H x W
+    x = self._source_image(batch).astype(jnp.float32)
+    xh, xw = x.shape[1:3]
     maps, probs = [], []
     for s in self.scales:
-      xs = x if (s, s) == (h, w) else jax.image.resize(x, (b, s, s, 3), "linear")
+      xs = x if (s, s) == (xh, xw) else jax.image.resize(x, (b, s, s, 3), "linear",
+                                                         antialias=True)
       logits, seg = self.forward(params, xs, (h, w))
       maps.append(jax.nn.sigmoid(seg))
       probs.append(jax.nn.softmax(logits, axis=-1)[:, 1])
@@ -670,6 +701,10 @@ class Aca(Method):
          "backbone": f"{self.config.model.backbone} {self.vit_kw}",
          "stages": ("pretrain + " if self.config.method.use_pretrain else "") + "finetune",
          "test_scales": list(self.scales),
+         "image_source": (f"{self.source} px photo (input.source_size): test scales and "
+                          "pretraining crops resized from it" if self.source else
+                          f"off (input.source_size = 0): test scales and pretraining crops "
+                          f"from the {self.img} px input image"),
          "synthesis": (f"device attention-guided cut-paste (p={f.anomaly_prob}, cut "
                        f"location {f.cut_location}, paste location attention)"
                        if f.synthesis == "device" else
