@@ -10,6 +10,10 @@ TORCH ?= torch==2.13.0
 DEMO_CONFIG ?= configs/mala.py:demo
 DEMO_WORKDIR ?= runs/demo
 PYTEST_ARGS ?=
+# The suite runs in this many pytest-xdist worker processes, one test file per
+# worker at a time (module fixtures, such as the export tests' trained models,
+# are built once); 0 runs it in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: install install-dev demo test bench clean
 
@@ -30,7 +34,7 @@ demo: $(VENV)/.installed
 	$(PY) -m maskjax.main --config=$(DEMO_CONFIG) --workdir=$(DEMO_WORKDIR)
 
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
