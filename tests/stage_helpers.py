@@ -49,3 +49,22 @@ def write_counts_dataset(root, counts: dict, size: int = 8) -> str:
     mask[size // 4:size // 2, size // 4:size // 2] = 255
     Image.fromarray(mask).save(m / "000_mask.png")
   return str(root)
+
+
+def tiny_aca_config(*variants: str, scales=(32,)):
+  """ACA's demo (plus `variants`) at test size: 32 px, a 2-block ViT of width
+  32, 16 px local crops, 2 of them, `scales` as the test scales, 4 steps."""
+  from maskjax import configs
+  c = configs.get_config("aca:" + ",".join(("demo",) + tuple(variants)))
+  c.input.image_size = 32
+  c.model.backbone_overrides.dim = 32
+  c.model.backbone_overrides.depth = 2
+  c.model.backbone_overrides.heads = 2
+  c.model.head_hidden = 32
+  c.model.bottleneck = 16
+  c.method.pretrain.global_size = 32
+  c.method.pretrain.local_size = 16
+  c.method.pretrain.num_local = 2
+  c.method.test_scales = tuple(scales)
+  c.train.steps = 4
+  return c

@@ -53,16 +53,8 @@ def _config(name: str) -> ml_collections.ConfigDict:
     c.model.unet_widths = (4, 4, 4, 4, 4)
     c.method.saliency_source = "spectral_residual"
   elif name == "aca":
-    c.input.image_size = 32
-    c.model.backbone_overrides.dim = 32
-    c.model.backbone_overrides.depth = 2
-    c.model.backbone_overrides.heads = 2
-    c.model.head_hidden = 32
-    c.model.bottleneck = 16
-    c.method.pretrain.global_size = 32
-    c.method.pretrain.local_size = 16
-    c.method.pretrain.num_local = 2
-    c.method.test_scales = (32,)
+    c = stage_helpers.tiny_aca_config(scales=(32,))
+    c.input.categories = ("dahlia", "pagoda")
     c.method.finetune.lambda_seg = 0.0   # the batch Dice: see the module docstring
     for s in (c.method.pretrain, c.method.finetune):
       s.lr = 1.0

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from maskjax.ops import hsv
+
 
 def random_resized_crop_params(key: jax.Array, height: int, width: int,
                                scale: Sequence[float],
@@ -79,38 +81,13 @@ SOLARIZE_THRESHOLD = 128 / 255   # PIL ImageOps.solarize(threshold=128) on [0, 1
 # colour
 # ----------------------------------------------------------------------------
 def rgb_to_hsv(img: jax.Array) -> jax.Array:
-  """[..., 3] RGB in [0, 1] -> HSV in [0, 1], h in [0, 1) (Python's `colorsys`:
-  h = 0 and s = 0 for greys, the red branch first on ties of the maximum)."""
-  r, g, b = img[..., 0], img[..., 1], img[..., 2]
-  maxc = jnp.max(img, axis=-1)
-  minc = jnp.min(img, axis=-1)
-  cr = maxc - minc
-  flat = cr == 0
-  s = jnp.where(maxc > 0, cr / jnp.where(maxc > 0, maxc, 1.0), 0.0)
-  crd = jnp.where(flat, 1.0, cr)
-  rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
-  h = jnp.where(maxc == r, bc - gc, jnp.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-  h = jnp.where(flat, 0.0, jnp.mod(h / 6.0, 1.0))
-  return jnp.stack([h, s, maxc], axis=-1)
+  """[..., 3] RGB in [0, 1] -> HSV in [0, 1] on the device (`maskjax.ops.hsv`)."""
+  return hsv.rgb_to_hsv(img, jnp)
 
 
-def hsv_to_rgb(hsv: jax.Array) -> jax.Array:
-  """Inverse of `rgb_to_hsv` (`colorsys.hsv_to_rgb`): sector i = floor(6 h)
-  mod 6, fraction f = 6 h - floor(6 h), p = v (1 - s), q = v (1 - s f),
-  t = v (1 - s (1 - f)); (r, g, b) = (v,t,p) (q,v,p) (p,v,t) (p,q,v) (t,p,v)
-  (v,p,q) for i = 0..5."""
-  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-  h6 = h * 6.0
-  i = jnp.mod(jnp.floor(h6), 6.0).astype(jnp.int32)
-  f = h6 - jnp.floor(h6)
-  p = v * (1.0 - s)
-  q = v * (1.0 - s * f)
-  t = v * (1.0 - s * (1.0 - f))
-  sector = [i == k for k in range(5)]           # i == 5: the default
-  r = jnp.select(sector, [v, q, p, p, t], v)
-  g = jnp.select(sector, [t, v, v, q, p], p)
-  b = jnp.select(sector, [p, p, t, v, v], q)
-  return jnp.stack([r, g, b], axis=-1)
+def hsv_to_rgb(img_hsv: jax.Array) -> jax.Array:
+  """Inverse of `rgb_to_hsv` on the device (`maskjax.ops.hsv`)."""
+  return hsv.hsv_to_rgb(img_hsv, jnp)
 
 
 def adjust_brightness(img: jax.Array, factor) -> jax.Array:

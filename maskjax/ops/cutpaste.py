@@ -36,6 +36,8 @@ import math
 
 import numpy as np
 
+from maskjax.ops import hsv
+
 
 def _bilinear(img: np.ndarray, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
   """Samples img [H,W,C] at float coordinates (clamped to the image)."""
@@ -77,31 +79,13 @@ _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def rgb_to_hsv(img: np.ndarray) -> np.ndarray:
-  """[..., 3] RGB in [0, 1] -> HSV in [0, 1] (`colorsys.rgb_to_hsv`, vectorised)."""
-  img = np.asarray(img, np.float32)
-  r, g, b = img[..., 0], img[..., 1], img[..., 2]
-  maxc, minc = img.max(axis=-1), img.min(axis=-1)
-  cr = maxc - minc
-  flat = cr == 0
-  s = np.where(maxc > 0, cr / np.where(maxc > 0, maxc, 1.0), 0.0)
-  crd = np.where(flat, 1.0, cr)
-  rc, gc, bc = (maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd
-  h = np.where(maxc == r, bc - gc, np.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-  h = np.where(flat, 0.0, np.mod(h / 6.0, 1.0))
-  return np.stack([h, s, maxc], axis=-1).astype(np.float32)
+  """[..., 3] RGB in [0, 1] -> HSV in [0, 1], float32, on the host (`maskjax.ops.hsv`)."""
+  return hsv.rgb_to_hsv(np.asarray(img, np.float32)).astype(np.float32)
 
 
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-  """Inverse of `rgb_to_hsv` (`colorsys.hsv_to_rgb`, vectorised)."""
-  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-  i = np.mod(np.floor(h * 6.0), 6.0).astype(np.int64)
-  f = h * 6.0 - np.floor(h * 6.0)
-  p, q, t = v * (1.0 - s), v * (1.0 - s * f), v * (1.0 - s * (1.0 - f))
-  sector = [i == k for k in range(5)]
-  r = np.select(sector, [v, q, p, p, t], v)
-  g = np.select(sector, [t, v, v, q, p], p)
-  b = np.select(sector, [p, p, t, v, v], q)
-  return np.stack([r, g, b], axis=-1).astype(np.float32)
+def hsv_to_rgb(img_hsv: np.ndarray) -> np.ndarray:
+  """Inverse of `rgb_to_hsv`, float32, on the host (`maskjax.ops.hsv`)."""
+  return hsv.hsv_to_rgb(np.asarray(img_hsv)).astype(np.float32)
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator,

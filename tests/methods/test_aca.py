@@ -22,19 +22,7 @@ from maskjax.ops import augment, masks, sinkhorn
 
 
 def _tiny_config(*variants, scales=(32, 48)):
-  c = aca_config.get_config(",".join(("demo",) + variants))
-  c.input.image_size = 32
-  c.model.backbone_overrides.dim = 32
-  c.model.backbone_overrides.depth = 2
-  c.model.backbone_overrides.heads = 2
-  c.model.head_hidden = 32
-  c.model.bottleneck = 16
-  c.method.pretrain.global_size = 32
-  c.method.pretrain.local_size = 16
-  c.method.pretrain.num_local = 2
-  c.method.test_scales = scales
-  c.train.steps = 4
-  return c
+  return stage_helpers.tiny_aca_config(*variants, scales=scales)
 
 
 def _batch(n=4, size=32, seed=0):

@@ -49,18 +49,7 @@ def _set(c, dotted, value):
 
 def _tiny(full_switches: bool = True):
   """The demo at test size, with the full variant's switches (or the demo's)."""
-  c = aca_config.get_config("demo")
-  c.input.image_size = 32
-  c.model.backbone_overrides.dim = 32
-  c.model.backbone_overrides.depth = 2
-  c.model.backbone_overrides.heads = 2
-  c.model.head_hidden = 32
-  c.model.bottleneck = 16
-  c.method.pretrain.global_size = 32
-  c.method.pretrain.local_size = 16
-  c.method.pretrain.num_local = 2
-  c.method.test_scales = (32,)
-  c.train.steps = 4
+  c = stage_helpers.tiny_aca_config(scales=(32,))
   for k, v in (FULL_SWITCHES if full_switches else DEMO_SWITCHES).items():
     _set(c, k, v)
   return c

@@ -24,19 +24,9 @@ SIZE, SOURCE = 32, 64
 
 
 def _tiny(source=SOURCE, scales=(32, 48, 64)):
-  c = aca_config.get_config("demo")
+  c = stage_helpers.tiny_aca_config(scales=scales)
   c.input.image_size = SIZE
   c.input.source_size = source
-  c.model.backbone_overrides.dim = 32
-  c.model.backbone_overrides.depth = 2
-  c.model.backbone_overrides.heads = 2
-  c.model.head_hidden = 32
-  c.model.bottleneck = 16
-  c.method.pretrain.global_size = 32
-  c.method.pretrain.local_size = 16
-  c.method.pretrain.num_local = 2
-  c.method.test_scales = scales
-  c.train.steps = 4
   return c
 
 

@@ -16,6 +16,7 @@ import sys as _sys
 
 _sys.path.insert(0, _os.path.join(_os.path.dirname(__file__), ".."))
 import stage_helpers  # noqa: E402
+from helpers_unet import randomise  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -45,22 +46,6 @@ def _config(variant="full", **model):
   for k, v in model.items():
     c.model[k] = v
   return c
-
-
-def randomise(module, seed):
-  """Non-trivial conv biases and BatchNorm parameters / statistics, and an
-  output conv scaled so that the tanh outputs are O(0.1-1)."""
-  rng = np.random.default_rng(seed)
-  for _, m in module.iter_modules():
-    if isinstance(m, (nnx.Conv, nnx.ConvTranspose)):
-      m.bias.value = jnp.asarray(rng.normal(0, 0.1, m.bias.value.shape), jnp.float32)
-    if isinstance(m, nnx.BatchNorm):
-      n = m.scale.value.shape[0]
-      m.scale.value = jnp.asarray(rng.uniform(0.5, 1.5, n), jnp.float32)
-      m.bias.value = jnp.asarray(rng.normal(0, 0.2, n), jnp.float32)
-      m.mean.value = jnp.asarray(rng.normal(0, 0.3, n), jnp.float32)
-      m.var.value = jnp.asarray(rng.uniform(0.5, 2.0, n), jnp.float32)
-  module.body.out.kernel.value = module.body.out.kernel.value * 4.0
 
 
 def _inputs(n, size, seed, k=4):
