@@ -20,9 +20,9 @@ Per-example dict before the transform:
                > 0: the same photo resized once from its decoded original (PIL
                bilinear, antialiased when shrinking, as `image`), never from
                `image`; for methods that cut crops or test scales larger or
-               sharper than `image` (ACA). A method that does not read it
-               ignores it (it only costs the decode-side resize and the
-               host-to-device bytes: S = 512 is 5.2x those of a 224 image).
+               sharper than `image` (ACA; `Method.uses_source_image`: other
+               methods refuse a positive size). It costs a second resize per
+               decode and host-to-device bytes (S = 512: 5.2x a 224 image).
 Batches stack these on a leading host-local batch axis. `iter(ds)` is a grain
 `DatasetIterator`; `get_state()` / `set_state()` restore the exact position.
 
@@ -59,17 +59,13 @@ class DecodeExample:
 
   def __call__(self, r: Record) -> dict:
     n = self.image_size
-    source = None
-    if self.source_size:
-      image, source = images.load_image_sizes(r.path, (n, self.source_size),
-                                              convert_unusual=self.convert_unusual)
-    else:
-      image = images.load_image(r.path, n, convert_unusual=self.convert_unusual)
+    sizes = (n, self.source_size) if self.source_size else (n,)
+    image, *source = images.load_image_sizes(r.path, sizes, convert_unusual=self.convert_unusual)
     mask = images.load_mask(r.mask_path, n) if r.mask_path else np.zeros((n, n), np.float32)
     ex = {"image": image, "mask": mask, "label": np.int32(r.label),
           "category_id": np.int32(r.category_id)}
-    if source is not None:
-      ex["image_source"] = source
+    if source:
+      ex["image_source"] = source[0]
     return ex
 
 
