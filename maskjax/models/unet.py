@@ -61,6 +61,7 @@ from flax import nnx
 from maskjax.config_base import config_choice
 from maskjax.errors import ConfigError
 from maskjax.models import init_utils
+from maskjax.ops.conv_transpose import conv_transpose_4x4_s2
 
 _P1 = ((1, 1), (1, 1))
 # Flax's default (lecun-normal) kernel init with chunked random bits: same values,
@@ -116,12 +117,21 @@ class Up(nnx.Module):
     if block == "conv_bn_relu":
       self.bn = _bn(cout, rngs)
 
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def _up(self, x: jax.Array) -> jax.Array:
     if self.mode == "nearest":
-      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+      return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+    # nnx.ConvTranspose's own forward, with a kernel gradient XLA:CPU runs fast
+    # (maskjax.ops.conv_transpose); the parameters stay nnx.ConvTranspose's.
+    conv = self.conv
+    x, kernel, bias = conv.promote_dtype((x, conv.kernel[...], conv.bias[...]),
+                                         dtype=conv.dtype)
+    return conv_transpose_4x4_s2(x, kernel) + bias.reshape((1, 1, 1, -1))
+
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    y = self._up(x)
     if self.block == "conv":
-      return self.conv(x)
-    return nnx.relu(self.bn(self.conv(x), use_running_average=not train))
+      return y
+    return nnx.relu(self.bn(y, use_running_average=not train))
 
 
 class MaskAttention(nnx.Module):
