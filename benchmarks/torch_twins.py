@@ -5,7 +5,10 @@ Models (papers' sizes unless --smoke): RIAD U-Net, SSM U-Net with mask
 attention, EAR U-Net (256 px, widths 64-512), DINO ViT-S/8 saliency (last-block
 CLS attention, head mean, bilinear to 224), ViT-S/16 (final tokens), MAE
 ViT-L/16 encoder + decoder at 75 % masking (pixel predictions); batch 8, 224 px
-ViTs. U-Net twins: `benchmarks/torch_unets.py` (weights copied from maskjax);
+ViTs. The RIAD and SSM U-Nets take the layout switches (upsample, up_block,
+up_kernel, mask_resize, encoder_input) of the packaged `--layout` variant:
+"full" (default, the papers' protocols) or "demo" (the previous layout).
+U-Net twins: `benchmarks/torch_unets.py` (weights copied from maskjax);
 ViT / MAE twins: the test suite's `tests/torch_reference` (weights converted
 to maskjax with `maskjax.weights.convert`).
 
@@ -19,7 +22,8 @@ bf16 with float32 params; PyTorch: autocast bf16), and `torch.compile`
 variants where they compile. Ratio = maskjax img/s / PyTorch img/s.
 
   python benchmarks/torch_twins.py [--models riad_unet,...] [--iters 2] [--warmup 1]
-      [--train_iters 1] [--batch 8] [--dtypes float32,bfloat16] [--torch_compile auto]
+      [--train_iters 1] [--batch 8] [--layout full|demo] [--dtypes float32,bfloat16]
+      [--torch_compile auto]
       [--smoke] [--out PATH] [--merge]
 """
 from __future__ import annotations
@@ -82,6 +86,16 @@ def _images(rng, b, s):
   return rng.standard_normal((b, s, s, 3)).astype(np.float32).clip(-2, 2) * 0.5
 
 
+def _unet_layout(method: str, variant: str) -> dict:
+  """The U-Net switches (upsample, up_block, ...) of a packaged config variant,
+  so the twins time the layout that variant trains."""
+  import importlib
+  cfg = importlib.import_module(f"maskjax.configs.{method}").get_config(variant)
+  keys = ("upsample", "up_block") if method == "riad" else (
+      "upsample", "up_block", "up_kernel", "mask_resize", "encoder_input")
+  return unet.unet_options(cfg.model, keys)
+
+
 def make_pair(name: str, a) -> Pair:
   rng = np.random.default_rng(0)
   torch.manual_seed(0)
@@ -95,8 +109,10 @@ def make_pair(name: str, a) -> Pair:
     tmse = lambda out, y: torch.mean((out.float() - y) ** 2)  # noqa: E731
     setting = dict(image_size=s, widths=list(widths), batch=b)
     if name == "riad_unet":
-      jm = unet.RiadUNet(widths, rngs=nnx.Rngs(0))
-      tm = tu.copy_from_maskjax(tu.RiadUNet(widths), jm)
+      opts = _unet_layout("riad", a.layout)
+      setting.update(layout=a.layout, **opts)
+      jm = unet.RiadUNet(widths, **opts, rngs=nnx.Rngs(0))
+      tm = tu.copy_from_maskjax(tu.RiadUNet(widths, **opts), jm)
       return Pair(name, jm, tm, (x,), lambda m, x, train: (m(x, train=train),),
                   lambda m, x: (m(x),), lambda o, inp: mse(o[0], inp[0]),
                   lambda o, inp: tmse(o[0], inp[0]), setting)
@@ -106,8 +122,10 @@ def make_pair(name: str, a) -> Pair:
       return Pair(name, jm, tm, (x,), lambda m, x, train: (m(x, train=train),),
                   lambda m, x: (m(x),), lambda o, inp: mse(o[0], inp[0]),
                   lambda o, inp: tmse(o[0], inp[0]), setting)
-    jm = unet.SsmUNet(widths, rngs=nnx.Rngs(0))
-    tm = tu.copy_from_maskjax(tu.SsmUNet(widths), jm)
+    opts = _unet_layout("ssm", a.layout)
+    setting.update(layout=a.layout, **opts)
+    jm = unet.SsmUNet(widths, **opts, rngs=nnx.Rngs(0))
+    tm = tu.copy_from_maskjax(tu.SsmUNet(widths, **opts), jm)
     k = 16 if s >= 64 else 4
     cells = rng.random((b, s // k, s // k)) > 0.5
     mask = np.repeat(np.repeat(cells, k, 1), k, 2).astype(np.float32)
@@ -416,6 +434,8 @@ def main(argv=None) -> dict:
   p.add_argument("--unet_size", type=int, default=256)
   p.add_argument("--unet_batch", type=int, default=0, help="U-Net batch (0 = --batch)")
   p.add_argument("--unet_widths", default="64,128,256,512,512")
+  p.add_argument("--layout", default="full", choices=("full", "demo"),
+                 help="RIAD/SSM U-Net layout: that config variant's model switches")
   p.add_argument("--vit_size", type=int, default=224)
   p.add_argument("--iters", type=int, default=2)
   p.add_argument("--warmup", type=int, default=1)

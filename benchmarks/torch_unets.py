@@ -27,45 +27,53 @@ class ConvBNReLU(nn.Module):
 
 
 class Up(nn.Module):
-  def __init__(self, cin, cout, mode):
+  """block "conv_bn_relu": up-conv -> BN -> ReLU; "conv": the bare up-conv."""
+
+  def __init__(self, cin, cout, mode, block="conv_bn_relu", kernel=3):
     super().__init__()
-    self.mode = mode
+    self.mode, self.block = mode, block
     if mode == "transpose":
       self.conv = nn.ConvTranspose2d(cin, cout, 4, 2, padding=1)
     else:
-      self.conv = nn.Conv2d(cin, cout, 3, 1, padding=1)
-    self.bn = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
+      self.conv = nn.Conv2d(cin, cout, kernel, 1, padding=kernel // 2)
+    if block == "conv_bn_relu":
+      self.bn = nn.BatchNorm2d(cout, eps=1e-5, momentum=0.1)
 
   def forward(self, x):
     if self.mode == "nearest":
       x = F.interpolate(x, scale_factor=2, mode="nearest")
-    return F.relu(self.bn(self.conv(x)))
+    x = self.conv(x)
+    return x if self.block == "conv" else F.relu(self.bn(x))
 
 
-def resize_mask(mask, h, w):
-  """[B,1,H,W] -> [B,1,h,w] nearest with half-pixel centres (= maskjax resize_mask)."""
+def resize_mask(mask, h, w, mode="half_pixel"):
+  """[B,1,H,W] -> [B,1,h,w] nearest: "half_pixel" = PyTorch "nearest-exact",
+  "floor" = PyTorch "nearest" (= maskjax resize_mask's two modes)."""
   if mask.shape[-2:] == (h, w):
     return mask
-  return F.interpolate(mask, size=(h, w), mode="nearest-exact")
+  return F.interpolate(mask, size=(h, w), mode="nearest-exact" if mode == "half_pixel"
+                       else "nearest")
 
 
 class MaskAttention(nn.Module):
-  def __init__(self, ch):
+  def __init__(self, ch, resize="half_pixel"):
     super().__init__()
+    self.resize = resize
     self.bn_in = nn.BatchNorm2d(ch, eps=1e-5, momentum=0.1)
     self.conv1 = nn.Conv2d(ch + 1, ch, 3, 1, padding=1)
     self.bn_mid = nn.BatchNorm2d(ch, eps=1e-5, momentum=0.1)
     self.conv2 = nn.Conv2d(ch, ch, 3, 1, padding=1)
 
   def forward(self, x, mask):
-    m = resize_mask(mask, *x.shape[-2:])
+    m = resize_mask(mask, *x.shape[-2:], self.resize)
     y = self.conv1(torch.cat([self.bn_in(x), m], 1))
     y = self.conv2(F.relu(self.bn_mid(y)))
     return x + y * m
 
 
 class UNetBody(nn.Module):
-  def __init__(self, widths, cin, cout, upsample, mam):
+  def __init__(self, widths, cin, cout, upsample, mam, up_block="conv_bn_relu", up_kernel=3,
+               mask_resize="half_pixel"):
     super().__init__()
     self.widths = tuple(widths)
     self.enc = nn.ModuleList([nn.ModuleList([ConvBNReLU(cin, widths[0]),
@@ -76,14 +84,14 @@ class UNetBody(nn.Module):
     self.ups, self.dec = nn.ModuleList(), nn.ModuleList()
     cur = widths[-1]
     for l in range(len(widths) - 2, -1, -1):
-      self.ups.append(Up(cur, widths[l], upsample))
+      self.ups.append(Up(cur, widths[l], upsample, up_block, up_kernel))
       self.dec.append(nn.ModuleList([ConvBNReLU(2 * widths[l], widths[l]),
                                      ConvBNReLU(widths[l], widths[l])]))
       cur = widths[l]
     self.use_mam = mam
     if mam:
-      self.mam = nn.ModuleList([MaskAttention(widths[-1])] + [
-          MaskAttention(widths[l]) for l in range(len(widths) - 2, -1, -1)])
+      self.mam = nn.ModuleList([MaskAttention(widths[-1], mask_resize)] + [
+          MaskAttention(widths[l], mask_resize) for l in range(len(widths) - 2, -1, -1)])
     self.out = nn.Conv2d(widths[0], cout, 3, 1, padding=1)
 
   def forward(self, x, mask=None):
@@ -105,9 +113,10 @@ class UNetBody(nn.Module):
 
 
 class RiadUNet(nn.Module):
-  def __init__(self, widths=(64, 128, 256, 512, 512), upsample="transpose"):
+  def __init__(self, widths=(64, 128, 256, 512, 512), upsample="transpose",
+               up_block="conv_bn_relu"):
     super().__init__()
-    self.body = UNetBody(widths, 3, 3, upsample, False)
+    self.body = UNetBody(widths, 3, 3, upsample, False, up_block)
 
   def forward(self, x):
     return self.body(x)
@@ -116,13 +125,20 @@ class RiadUNet(nn.Module):
 class SsmUNet(nn.Module):
   """forward(image [B,3,H,W], mask [B,H,W] 1 = visible) -> (image [B,3,H,W], mask [B,H,W])."""
 
-  def __init__(self, widths=(64, 128, 256, 512, 512), use_mam=True, upsample="nearest"):
+  def __init__(self, widths=(64, 128, 256, 512, 512), use_mam=True, upsample="nearest",
+               up_block="conv_bn_relu", up_kernel=3, mask_resize="half_pixel",
+               encoder_input="image_mask"):
     super().__init__()
-    self.body = UNetBody(widths, 4, 4, upsample, use_mam)
+    self.encoder_input = encoder_input
+    cin = 4 if encoder_input == "image_mask" else 3
+    self.body = UNetBody(widths, cin, 4, upsample, use_mam, up_block, up_kernel, mask_resize)
 
   def forward(self, image, mask):
     m = mask.to(image.dtype)[:, None]
-    out = self.body(torch.cat([image * m, m], 1), m)
+    x = image * m
+    if self.encoder_input == "image_mask":
+      x = torch.cat([x, m], 1)
+    out = self.body(x, m)
     return out[:, :3], out[:, 3]
 
 
