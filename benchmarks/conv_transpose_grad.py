@@ -1,9 +1,12 @@
-"""Why RIAD's U-Net train step is slow on XLA:CPU: the kernel gradient of the
-4x4 stride-2 transposed convolution (RIAD's decoder upsampling).
+"""Why RIAD's U-Net train step was slow on XLA:CPU: the kernel gradient of the
+4x4 stride-2 transposed convolution (RIAD's decoder upsampling), as autodiff
+writes it (an lhs-dilated convolution).
 
-Times forward, d/dkernel and d/dinput of a conv 3x3, a conv 4x4 stride 2 and a
-ConvTranspose 4x4 stride 2 (Flax NNX, as in maskjax.models.unet) on
-[2, 64, 64, 128] -> 64 channels, each jitted, best of --iters after a warm-up.
+Times forward, d/dkernel and d/dinput of a conv 3x3, a conv 4x4 stride 2, a
+plain `nnx.ConvTranspose` 4x4 stride 2, and maskjax's U-Net up-conv
+(`maskjax.models.unet.Up`, same forward, kernel gradient written as a strided
+conv's: `maskjax.ops.conv_transpose`) on [2, 64, 64, 128] -> 64 channels,
+each jitted, best of --iters after a warm-up.
 
   python benchmarks/conv_transpose_grad.py [--iters 2] [--out PATH]
 """
@@ -20,6 +23,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from maskjax.models.unet import Up  # noqa: E402
+
 
 def main() -> None:
   p = argparse.ArgumentParser()
@@ -34,11 +39,13 @@ def main() -> None:
                              rngs=nnx.Rngs(0)),
       "conv_transpose4x4_s2": nnx.ConvTranspose(128, 64, (4, 4), strides=(2, 2),
                                                 padding="SAME", rngs=nnx.Rngs(0)),
+      "maskjax_up_transpose": Up(128, 64, mode="transpose", block="conv", rngs=nnx.Rngs(0)),
   }
   rows = []
   for name, mod in layers.items():
     g, params = nnx.split(mod)
-    f = lambda p, x: nnx.merge(g, p)(x).sum()  # noqa: E731
+    call = (lambda m, x: m(x, False)) if isinstance(mod, Up) else (lambda m, x: m(x))
+    f = lambda p, x, call=call: call(nnx.merge(g, p), x).sum()  # noqa: E731
     fns = {"forward": (jax.jit(f), (params, x)),
            "d_kernel": (jax.jit(jax.grad(f)), (params, x)),
            "d_input": (jax.jit(jax.grad(f, argnums=1)), (params, x))}

@@ -3,8 +3,11 @@ same Algorithm 1 run image by image with a Python loop over the same jitted
 network (all scales, refinement included, outputs checked equal).
 
   python benchmarks/ssm_inference.py                      # CPU, 64 px, demo widths
-  python benchmarks/ssm_inference.py --size 256 --widths 64,128,256,512,512 \
-      --batch 16                                          # the paper's setting (GPU)
+  python benchmarks/ssm_inference.py --layout full --size 256 \
+      --widths 64,128,256,512,512 --batch 16              # the paper's setting (GPU)
+
+`--layout` takes the U-Net switches and input range of that configs/ssm.py
+variant (demo: the previous layout; full: the official code's).
 
 The network is randomly initialised and then trained for `--train_steps` steps
 on synthetic normals through the loop's own compiled step (`_common.TrainStep`,
@@ -90,8 +93,9 @@ def torch_per_image_loop(m: ssm_lib.Ssm, state, x: np.ndarray, eta: float, devic
   from maskjax.ops import filters
   from maskjax.ops import gms as gms_lib
   jm = m.f.module(state["params"], state["model_state"])
-  tm = tu.copy_from_maskjax(tu.SsmUNet(m.widths, use_mam=m.use_mam, upsample=m.unet["upsample"]),
+  tm = tu.copy_from_maskjax(tu.SsmUNet(m.widths, use_mam=m.use_mam, **m.unet),
                             jm).eval().to(device)
+  half = m.input_range == "half"  # U-Net in/out mapped through mean = std = 0.5
   del nnx
   win = torch.tensor(np.sqrt(np.diag(filters.gaussian_kernel(11, 1.5))), dtype=torch.float32,
                      device=device)
@@ -117,8 +121,8 @@ def torch_per_image_loop(m: ssm_lib.Ssm, state, x: np.ndarray, eta: float, devic
     return l2 + (1 - gms) + (1 - ss.mean(1))
 
   def recon(x01, mask):
-    img, _ = tm(x01 * 2 - 1, mask)
-    img = (img + 1) / 2
+    img, _ = tm(x01 * 2 - 1 if half else x01, mask)
+    img = (img + 1) / 2 if half else img
     mm = mask[:, None]
     return img * (1 - mm) + x01 * mm
 
@@ -158,6 +162,8 @@ def torch_per_image_loop(m: ssm_lib.Ssm, state, x: np.ndarray, eta: float, devic
 
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  ap.add_argument("--layout", default="demo", choices=("demo", "full"),
+                  help="U-Net layout and input range of that configs/ssm.py variant")
   ap.add_argument("--size", type=int, default=64)
   ap.add_argument("--widths", default="16,32,64,64")
   ap.add_argument("--ks", default="4,8,16")
@@ -171,7 +177,7 @@ def main() -> None:
   args = ap.parse_args()
   mach = C.machine()
 
-  c = C.load_config("ssm", "demo")
+  c = C.load_config("ssm", args.layout)
   c.input.image_size = args.size
   c.model.widths = tuple(int(w) for w in args.widths.split(","))
   c.method.ks = tuple(int(k) for k in args.ks.split(","))
@@ -239,7 +245,8 @@ def main() -> None:
       "benchmark": "ssm_inference",
       "machine": dict(C.machine_end(mach), device=f"{dev.platform}:{dev.device_kind}",
                       num_devices=jax.device_count()),
-      "setting": {"size": args.size, "widths": list(c.model.widths), "ks": list(m.ks),
+      "setting": {"layout": args.layout, "unet": m.unet, "input_range": m.input_range,
+                  "size": args.size, "widths": list(c.model.widths), "ks": list(m.ks),
                   "batch": args.batch, "images": n, "max_iters": args.max_iters,
                   "train_steps": args.train_steps, "eta": eta},
       "batched_while_loop": {"images_per_s": n / batched_s, "seconds": batched_s,
