@@ -3,7 +3,8 @@ test batch, for the demos, without and with JAX's persistent compilation cache.
 
 Each run is a fresh subprocess of the real CLI,
 
-  python -m maskjax.main --config=configs/<demo>.py:demo --workdir=DIR --config.train.steps=N
+  python -m maskjax.main --config=configs/<demo>.py:demo --workdir=DIR --config.train.steps=N \
+      --config.train.protocol=unified
 
 started through this file's `--child` mode, which imports the CLI unchanged
 and only adds timestamped marks: interpreter up, `maskjax.main` imported, each
@@ -122,7 +123,10 @@ def run_once(demo: str, mode: str, steps: int, cache_dir: str, timeout: int) -> 
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
   cmd = [sys.executable, "-u", os.path.abspath(__file__), "--child", "--",
          f"--config=configs/{demo}.py:demo", f"--workdir={work}",
-         f"--config.train.steps={steps}"]
+         f"--config.train.steps={steps}",
+         # one model over the demo categories, as the recorded figures were made
+         # (the RIAD demo itself trains one model per category)
+         "--config.train.protocol=unified"]
   if _cli_has_cache_flag():  # the CLI's own cache flag (default on) overrides the env
     cmd.append(f"--compilation_cache={cache_dir if mode in ('cold', 'warm') else ''}")
   t0 = time.time()

@@ -45,9 +45,11 @@ Variants (`--config=configs/aca.py:VARIANT`, comma-separated to combine):
   poisson (host-side cut-paste with Poisson blending; the host has no attention
   map, so the cut and paste locations are uniform), bf16 (bfloat16 compute).
 
-Measured, `demo` variant as shipped (2-core CPU shared with other jobs, load
+Measured, `demo` variant as shipped, on the synthetic demo data
+(--config.input.demo_source=synthetic; 2-core CPU shared with other jobs, load
 average ~7 during the run, random init, 150 + 2000 steps, end to end 10 min 0 s
-incl. evaluation (train 581 s, eval 10 s); percent):
+incl. evaluation (train 581 s, eval 10 s); percent; the photo demo, the
+default data: README.md and docs/RECIPES.md "Demo recipes on the photo demo"):
   category  image AUROC  pixel AUROC  AUPRO@0.3
   fabric       100.0         81.3        74.3
   pill          82.1         76.2        45.9

@@ -35,7 +35,7 @@ Variants (`--config=configs/mala.py:VARIANT`, comma-separated to combine):
   demo          tiny ViT at 64 px on the embedded demo data, all demo
                 categories in one model; both stages on a 2-core CPU:
                   python -m maskjax.main --config=configs/mala.py:demo --workdir=/tmp/mala_demo
-                stage 1: 50 epochs (400 steps), stage 2: 160 epochs (1280 steps,
+                stage 1: 50 epochs (400 steps), stage 2: 320 epochs (2560 steps,
                 lr 1e-3), local_prob 0.8 (the demo's defects lie on the object),
                 pooling 5 x 5; constant stage-1 lr, decay on every tensor,
                 built-in textures, 10 % of the normals held out. Measured
@@ -203,12 +203,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.plpm_width = 16
     c.model.plpm_layers = 3
     c.method.score_kernel = 5
-    # 4 categories x 64 samples / 32 = 8 steps per epoch: 400 + 1280 steps
+    # 4 categories x 64 samples / 32 = 8 steps per epoch: 400 + 2560 steps
     c.method.stage1.epochs = 50
     c.method.stage1.samples_per_category = 64
     c.method.stage1.batch_size = 32
     c.method.stage1.base_lr = 1.5e-3
-    c.method.stage2.epochs = 160
+    # 160 epochs (1280 steps) left foliage's and pagoda's pixel AUROC below the
+    # trivial baseline on the photo demo; 320 lifts foliage above it (README.md)
+    c.method.stage2.epochs = 320
     c.method.stage2.samples_per_category = 64
     c.method.stage2.batch_size = 32
     c.method.stage2.base_lr = 8e-3              # lr 1e-3

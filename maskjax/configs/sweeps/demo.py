@@ -16,7 +16,8 @@ def get_sweep(arg=None):
   overrides, categories = {}, list(DEMO_CATEGORIES)
   if arg == "quick":
     # one unified run per method and seed over all demo categories, few steps
-    overrides = {"train.steps": 4, "eval.plots": False, "train.checkpoint_every": 2,
+    # (the demo configs themselves train one model per category)
+    overrides = {"train.protocol": "unified", "train.steps": 4, "eval.plots": False, "train.checkpoint_every": 2,
                  "input.image_size": 32, "input.eval_batch_size": 32}
     categories = None
   elif arg not in (None, "", "full"):
