@@ -261,6 +261,7 @@ def worker_main(argv=None) -> None:
         "*",)
     cfg.model.widths = (8, 8, 8, 8, 8)
     cfg.method.ks = (4, 8)
+    cfg.train.protocol = "unified"   # one run directory (the demo trains one per category)
     cfg.train.steps = args.steps
     cfg.train.log_every = 1
     cfg.train.checkpoint_every = args.checkpoint_every

@@ -95,8 +95,10 @@ def test_second_train_run_fails_at_once_naming_the_holder(tmp_path):
                    out=tmp_path / "holder.npz", env=read_only(_env()))  # killed below
   lock = wd / workdir_lib.LOCK_NAME
   deadline = time.time() + 120
+  # the holder takes the lock, then writes its config.json: wait for both (a
+  # slow machine can take seconds in between)
   while time.time() < deadline and holder.poll() is None:
-    if lock.exists() and lock.read_text().strip():
+    if lock.exists() and lock.read_text().strip() and (wd / "config.json").exists():
       break
     time.sleep(0.05)
   assert holder.poll() is None, "the first run ended before the second started"
