@@ -138,6 +138,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if "demo" in variants:
     c.input.data_dir = ""
     c.input.image_size = 64
+    c.input.batch_size = 4
     c.input.eval_batch_size = 16
     c.model.widths = (16, 32, 64, 64)
     c.model.up_block = "conv_bn_relu"        # previous U-Net (the demo keeps its net)
@@ -151,7 +152,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.method.image_score = "max"
     c.optim.lr = 1e-3
     c.optim.schedule = "constant"
-    c.input.batch_size = 4
     # one model per category, as the paper: one demo model over the four photo
     # categories (800 steps of batch 8) stayed below the baseline's pixel AUROC
     # on three of them (docs/RECIPES.md "Demo recipes on the photo demo")
