@@ -29,8 +29,10 @@ Textures: every image file under `texture_dir` (recursively; DTD's
 `images/<class>/*.jpg` or any folder), resized to the image size (bilinear)
 and cached (LRU, uint8); with `texture_dir=""` a built-in bank of procedural
 textures (fractal Perlin colour fields, marble, stripes, checkers, speckle),
-generated once per image size from a fixed seed. `source_description` says
-which source is in use (log it).
+generated once per image size from a fixed seed. With `self_prob` > 0 that
+share of the anomalies takes the image itself, circularly shifted by a random
+offset and not augmented, as the texture (`self_texture`; not in DRAEM).
+`source_description` says which source is in use (log it).
 
 Augmenters (numpy approximations of DRAEM's imgaug list, on [0, 1] floats):
 gamma contrast (0.5..2), brightness multiply (0.8..1.2) and add (+-30/255),
@@ -312,6 +314,19 @@ def list_texture_files(texture_dir: str) -> list[str]:
   return files
 
 
+def self_texture(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """The image itself circularly shifted by a random offset of 1/8 to 7/8 of each side.
+
+  Pasted through a Perlin mask it puts content of one place where another
+  belongs (a piece of the object on the backdrop, backdrop inside the object):
+  anomalies that look normal locally and are wrong only for their position,
+  as a missing or an extra part is, which a foreign texture never teaches."""
+  h, w = image.shape[:2]
+  dy = int(rng.integers(max(h // 8, 1), max(7 * h // 8, 2)))
+  dx = int(rng.integers(max(w // 8, 1), max(7 * w // 8, 2)))
+  return np.roll(image, (dy, dx), axis=(0, 1))
+
+
 class PerlinAnomaly:
   """Callable DRAEM-style anomaly synthesiser (see the module docstring).
 
@@ -325,9 +340,11 @@ class PerlinAnomaly:
                min_scale_exp: int = 0, max_scale_exp: int = 6, threshold: float = 0.5,
                max_rotation: float = 90.0, beta_range: tuple[float, float] = (0.0, 0.8),
                num_augmenters: int = 3, num_builtin_textures: int = 40,
-               cache_size: int = 256, builtin_seed: int = 0):
+               cache_size: int = 256, builtin_seed: int = 0, self_prob: float = 0.0):
     if not 0.0 <= anomaly_prob <= 1.0:
       raise ValueError(f"PerlinAnomaly: anomaly_prob must be in [0, 1], got {anomaly_prob}")
+    if not 0.0 <= self_prob <= 1.0:
+      raise ValueError(f"PerlinAnomaly: self_prob must be in [0, 1], got {self_prob}")
     if not 0 <= min_scale_exp < max_scale_exp:
       raise ValueError(f"PerlinAnomaly: need 0 <= min_scale_exp < max_scale_exp, got "
                        f"{min_scale_exp}, {max_scale_exp}")
@@ -342,6 +359,7 @@ class PerlinAnomaly:
     self.num_builtin_textures = num_builtin_textures
     self.cache_size = cache_size
     self.builtin_seed = builtin_seed
+    self.self_prob = self_prob
     self._files = list_texture_files(texture_dir) if texture_dir else []
     self._cache: collections.OrderedDict = collections.OrderedDict()
     self._banks: dict = {}
@@ -351,6 +369,9 @@ class PerlinAnomaly:
       self.source_description = (
           f"built-in procedural textures ({num_builtin_textures}: fractal Perlin colour fields, "
           f"marble, stripes, checkers, speckle; seed {builtin_seed}); no texture_dir given")
+    if self_prob > 0:
+      self.source_description += (f"; {self_prob:g} of the anomalies take the image itself, "
+                                  "shifted, as the texture")
 
   @property
   def num_textures(self) -> int:
@@ -415,8 +436,12 @@ class PerlinAnomaly:
       if fg.shape != (h, w):
         raise ValueError(f"PerlinAnomaly: foreground must be [{h}, {w}], got {fg.shape}")
       mask *= (fg > 0.5)
-    tex = self.texture(int(rng.integers(self.num_textures)), h, w)
-    tex = augment_texture(tex, rng, self.num_augmenters)
+    # (no draw when self_prob is 0: the sequence of a run without self-textures is unchanged)
+    if self.self_prob > 0 and rng.random() < self.self_prob:
+      tex = self_texture(image, rng)
+    else:
+      tex = self.texture(int(rng.integers(self.num_textures)), h, w)
+      tex = augment_texture(tex, rng, self.num_augmenters)
     beta = np.float32(rng.uniform(*self.beta_range))
     if not mask.any():
       return image, mask, 0

@@ -135,3 +135,32 @@ def test_pickles_for_grain_workers():
   again = clone(img, np.random.default_rng(4))
   np.testing.assert_array_equal(first[0], again[0])
   np.testing.assert_array_equal(first[1], again[1])
+
+
+def test_self_texture_pastes_the_shifted_image():
+  img = _image(seed=2)
+  rng = np.random.default_rng(5)
+  tex = perlin.self_texture(img, np.random.default_rng(5))
+  dy = int(rng.integers(4, 28))
+  dx = int(rng.integers(4, 28))
+  # independent: pixel (i, j) of the texture is pixel (i - dy, j - dx) of the image
+  rows = (np.arange(32)[:, None] - dy) % 32
+  cols = (np.arange(32)[None, :] - dx) % 32
+  np.testing.assert_array_equal(tex, img[rows, cols])
+  assert not np.array_equal(tex, img)
+  only_self = perlin.PerlinAnomaly(anomaly_prob=1.0, self_prob=1.0)
+  assert "image itself" in only_self.source_description
+  for seed in range(10):
+    out, mask, label = only_self(img, np.random.default_rng(seed))
+    if label:   # inside the mask: a blend of the image and a shifted copy of it, no new colours
+      m = mask == 1
+      assert out[m].min() >= img.min() - 1e-6 and out[m].max() <= img.max() + 1e-6
+      np.testing.assert_array_equal(out[~m], img[~m])
+  # self_prob 0 draws nothing extra: the paper's setting is unchanged
+  plain = perlin.PerlinAnomaly(anomaly_prob=1.0)
+  explicit = perlin.PerlinAnomaly(anomaly_prob=1.0, self_prob=0.0)
+  for seed in range(5):
+    np.testing.assert_array_equal(plain(img, np.random.default_rng(seed))[0],
+                                  explicit(img, np.random.default_rng(seed))[0])
+  with pytest.raises(ValueError, match="self_prob"):
+    perlin.PerlinAnomaly(self_prob=1.5)

@@ -39,7 +39,9 @@ Stage 2 ("stage2", predict anomaly maps)
   as channel 0). Training images: Perlin-noise anomalies (`maskjax.ops.perlin`)
   with probability `stage2.anomaly_prob` (0.8 = 64 of 80), of which a
   fraction `stage2.local_prob` is restricted to the image's foreground
-  (`foreground_mask`), the rest global. Texture sources: the images under
+  (`foreground_mask`), the rest global; a fraction `stage2.self_texture_prob`
+  of them (0 in the paper's settings) pastes the image itself, shifted
+  (`perlin.self_texture`), instead of a texture. Texture sources: the images under
   `config.input.texture_dir` (DTD in the paper); without it the run is refused
   (`check_textures`, at construction) unless `method.builtin_textures` asks
   for the built-in procedural bank. Constant lr (paper: "fixed").
@@ -184,10 +186,12 @@ class PerlinTransform:
   texture_dir: str = ""
   anomaly_prob: float = 0.8
   local_prob: float = 0.5
+  self_texture_prob: float = 0.0
 
   def __post_init__(self):
     from maskjax.ops import perlin
-    self._synth = perlin.PerlinAnomaly(self.texture_dir, anomaly_prob=1.0)
+    self._synth = perlin.PerlinAnomaly(self.texture_dir, anomaly_prob=1.0,
+                                       self_prob=self.self_texture_prob)
 
   @property
   def source_description(self) -> str:
@@ -373,7 +377,8 @@ class Mala(Method):
     if self._host_transform is None:
       s2 = self.config.method.stage2
       self._host_transform = PerlinTransform(str(self.config.input.texture_dir),
-                                             float(s2.anomaly_prob), float(s2.local_prob))
+                                             float(s2.anomaly_prob), float(s2.local_prob),
+                                             float(s2.self_texture_prob))
     return self._host_transform
 
   # -- pretrained weights --------------------------------------------------------------
