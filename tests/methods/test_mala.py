@@ -274,6 +274,11 @@ def test_config_variants_and_errors():
   c.method.score_kernel = 4
   with pytest.raises(ConfigError, match="score_kernel"):
     stage_helpers.build(c)
+  for key in ("anomaly_prob", "local_prob", "self_texture_prob"):
+    c = _tiny_config()
+    c.method.stage2[key] = 1.5
+    with pytest.raises(ConfigError, match=f"config.method.stage2.{key}=1.5 must be in"):
+      stage_helpers.build(c)
   # stage lengths: epochs * ceil(samples_per_category * categories / batch)
   c = _tiny_config()
   c.train.steps = 0

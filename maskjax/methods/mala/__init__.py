@@ -249,6 +249,9 @@ class Mala(Method):
     if not 0.0 <= float(m.stage1.warmup_fraction) < 1.0:
       raise ConfigError(f"config.method.stage1.warmup_fraction={m.stage1.warmup_fraction} "
                         "must be in [0, 1)")
+    for key in ("anomaly_prob", "local_prob", "self_texture_prob"):
+      if not 0.0 <= float(m.stage2[key]) <= 1.0:
+        raise ConfigError(f"config.method.stage2.{key}={m.stage2[key]} must be in [0, 1]")
     check_textures(config)  # before any training work
     self.dtype = train_utils.compute_dtype(config.train)
     self.img = int(config.input.image_size)
