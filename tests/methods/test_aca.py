@@ -199,7 +199,9 @@ def test_finetune_step_starts_from_pretrained_backbone(trained):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for k in ("loss", "loss/ce", "loss/dice"):
     assert np.isfinite(float(m2[k]))
-  w = 0.95 * float(m2["loss/ce"]) + 0.05 * float(m2["loss/dice"])
+  f = trained["config"].method.finetune
+  assert (f.lambda_det, f.lambda_seg) == (0.2, 0.8)       # the demo's weights (configs/aca.py)
+  w = 0.2 * float(m2["loss/ce"]) + 0.8 * float(m2["loss/dice"])
   assert float(m2["loss"]) == pytest.approx(w, rel=1e-5)
 
 
