@@ -68,7 +68,8 @@ VARIANTS = ("mvtec", "visa", "per_category", "demo", "demo_multi", "reduced",
 # fills them into an old run's config.json for eval / predict / export / resume checks).
 # (warmup_fraction as the demo's: unused with the constant schedule)
 RECORDED_DEFAULTS = {"method.stage1.schedule": "constant", "method.stage1.warmup_fraction": 0.05,
-                     "method.builtin_textures": True, "method.stage2.self_texture_prob": 0.0}
+                     "method.builtin_textures": True, "method.stage2.self_texture_prob": 0.0,
+                     "method.stage2.backdrop_prob": 0.0}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -139,6 +140,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # of anomalies: texture = the image itself shifted (ops.perlin.self_texture; not in the
   # paper, whose textures are all DTD's)
   c.method.stage2.self_texture_prob = 0.0
+  # of local anomalies (foreground found): texture = the backdrop, nearest background pixel
+  # per foreground pixel (ops.perlin.backdrop_texture): a missing part; not in the paper
+  c.method.stage2.backdrop_prob = 0.0
   # stage-2 texture source: False = refuse to train without input.texture_dir (the paper
   # pastes DTD textures) | True = built-in procedural textures when input.texture_dir is empty
   c.method.builtin_textures = False

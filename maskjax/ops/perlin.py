@@ -31,7 +31,8 @@ and cached (LRU, uint8); with `texture_dir=""` a built-in bank of procedural
 textures (fractal Perlin colour fields, marble, stripes, checkers, speckle),
 generated once per image size from a fixed seed. With `self_prob` > 0 that
 share of the anomalies takes the image itself, circularly shifted by a random
-offset and not augmented, as the texture (`self_texture`; not in DRAEM).
+offset and not augmented, as the texture (`self_texture`; not in DRAEM). A
+caller may pass its own texture (MALA's backdrop anomalies: `backdrop_texture`).
 `source_description` says which source is in use (log it).
 
 Augmenters (numpy approximations of DRAEM's imgaug list, on [0, 1] floats):
@@ -327,6 +328,22 @@ def self_texture(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   return np.roll(image, (dy, dx), axis=(0, 1))
 
 
+def backdrop_texture(image: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+  """The image with every foreground pixel (`foreground` > 0.5) replaced by its
+  nearest background pixel (Euclidean distance transform; ties as scipy breaks them).
+
+  Pasted through a Perlin mask restricted to the foreground it takes a part of
+  the object away and shows the backdrop there, as a missing part does; a
+  texture or the object's own content never teaches that."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  img = np.asarray(image, np.float32)
+  fg = np.asarray(foreground) > 0.5
+  if not fg.any() or fg.all():
+    return img.copy()
+  _, (iy, ix) = ndimage.distance_transform_edt(fg, return_indices=True)
+  return img[iy, ix]
+
+
 class PerlinAnomaly:
   """Callable DRAEM-style anomaly synthesiser (see the module docstring).
 
@@ -422,7 +439,7 @@ class PerlinAnomaly:
     return (noise > self.threshold).astype(np.float32)
 
   def __call__(self, image: np.ndarray, rng: np.random.Generator,
-               foreground: Optional[np.ndarray] = None
+               foreground: Optional[np.ndarray] = None, texture: Optional[np.ndarray] = None
                ) -> tuple[np.ndarray, np.ndarray, int]:
     image = np.asarray(image, np.float32)
     if image.ndim != 3 or image.shape[2] != 3:
@@ -437,7 +454,11 @@ class PerlinAnomaly:
         raise ValueError(f"PerlinAnomaly: foreground must be [{h}, {w}], got {fg.shape}")
       mask *= (fg > 0.5)
     # (no draw when self_prob is 0: the sequence of a run without self-textures is unchanged)
-    if self.self_prob > 0 and rng.random() < self.self_prob:
+    if texture is not None:  # the caller's own texture (e.g. `backdrop_texture`), as is
+      tex = np.asarray(texture, np.float32)
+      if tex.shape != image.shape:
+        raise ValueError(f"PerlinAnomaly: texture must be {image.shape}, got {tex.shape}")
+    elif self.self_prob > 0 and rng.random() < self.self_prob:
       tex = self_texture(image, rng)
     else:
       tex = self.texture(int(rng.integers(self.num_textures)), h, w)

@@ -310,6 +310,27 @@ def test_attention_cut_location_cuts_from_the_salient_spots():
   assert np.mean(np.asarray(far) > 3) > 0.8
 
 
+def test_background_cut_location_cuts_from_the_least_salient_spot():
+  """Attention 1 at H, 0 at C, 0.5 elsewhere: "background" cuts centred on C
+  (the inverted map's hot pixel) and pastes centred on H."""
+  img = jnp.asarray(_coded_image())
+  hot, cold = (44, 44), (32, 16)
+  att = jnp.full((64, 64), 0.5).at[hot].set(1.0).at[cold].set(0.0)
+  fn = jax.jit(lambda k: aca.cutpaste_one(k, img, att, temperature=0.01, max_rotation=0.0,
+                                          scale_range=(1.0, 1.0), jitter=0.0,
+                                          cut_location="background"))
+  for i in range(12):
+    out, mask = map(np.asarray, fn(jax.random.key(i)))
+    np.testing.assert_allclose(_source_centre(out, mask), cold, atol=2e-3)
+    ys, xs = np.nonzero(mask)
+    np.testing.assert_allclose((ys.mean(), xs.mean()), hot, atol=0.51)
+  c = _tiny()
+  c.method.finetune.synthesis = "host"
+  c.method.finetune.cut_location = "background"
+  with pytest.raises(ConfigError, match="finetune.cut_location='background' needs"):
+    stage_helpers.build(c)
+
+
 def test_attention_cut_near_the_border_moves_the_patch_inside():
   """A hot pixel at (2, 61): the cut centre moves the least distance that keeps
   the ph x pw patch inside: ((ph - 1) / 2, 63 - (pw - 1) / 2)."""

@@ -18,6 +18,7 @@ from configs import mala as mala_config
 from maskjax.errors import ConfigError
 from maskjax.methods import mala
 from maskjax.methods.mala import heads as mala_heads
+from maskjax.ops import perlin
 
 
 def _tiny_config(*variants, **method):
@@ -229,6 +230,49 @@ def test_foreground_mask_and_perlin_transform():
     assert not np.any(ex["mask"][~disk & (fg < 0.5)])       # local: inside the foreground
     labels.append(int(ex["label"]))
   assert 0.5 <= np.mean(labels) <= 0.95
+  # backdrop_prob 0 draws nothing extra: the recipes without it are unchanged
+  same = mala.PerlinTransform(anomaly_prob=0.8, local_prob=1.0, backdrop_prob=0.0)
+  for i in range(10):
+    ex = {"image": img, "mask": np.zeros((48, 48), np.float32), "label": np.int32(0)}
+    np.testing.assert_array_equal(tr(ex, np.random.default_rng(i))["image"],
+                                  same(ex, np.random.default_rng(i))["image"])
+
+
+def test_backdrop_anomalies_take_a_piece_of_the_object_away():
+  # a bright disk on a dark backdrop whose rows differ, so the fill's source shows
+  yy, xx = np.mgrid[0:48, 0:48]
+  disk = ((yy - 24) ** 2 + (xx - 24) ** 2 <= 13 ** 2)
+  img = np.zeros((48, 48, 3), np.float32)
+  img[..., 0] = 0.1 + 0.002 * yy
+  img[..., 2] = 0.15
+  img[disk] = (0.9, 0.8, 0.7)
+  fg = mala.foreground_mask(img)
+  assert np.array_equal(fg > 0.5, disk)
+  tex = perlin.backdrop_texture(img, fg)
+  # independent: each disk pixel takes the colour of a backdrop pixel at the least distance
+  bg_y, bg_x = np.nonzero(~disk)
+  for y, x in zip(*np.nonzero(disk)):
+    d2 = (bg_y - y) ** 2 + (bg_x - x) ** 2
+    near = d2 == d2.min()
+    assert any(np.array_equal(tex[y, x], img[by, bx]) for by, bx in zip(bg_y[near], bg_x[near]))
+  np.testing.assert_array_equal(tex[~disk], img[~disk])
+  tr = mala.PerlinTransform(anomaly_prob=1.0, local_prob=1.0, backdrop_prob=1.0)
+  seen = 0
+  for i in range(20):
+    ex = tr({"image": img, "mask": np.zeros((48, 48), np.float32), "label": np.int32(0)},
+            np.random.default_rng(i))
+    m = ex["mask"] > 0
+    assert not np.any(m & ~disk)
+    np.testing.assert_array_equal(ex["image"][~m], img[~m])
+    if m.any():   # (1 - beta) * backdrop + beta * object, beta in [0, 0.8]: darker than the disk
+      seen += 1
+      beta = (ex["image"][m][:, 1] - tex[m][:, 1]) / (0.8 - tex[m][:, 1])
+      assert np.all(beta <= 0.8 + 1e-5) and np.ptp(beta) < 1e-5
+      np.testing.assert_allclose(ex["image"][m], (1 - beta[0]) * tex[m] + beta[0] * img[m], atol=1e-6)
+  assert seen >= 10
+  # textures (no foreground found) keep global texture anomalies
+  flat = np.full((48, 48, 3), 0.5, np.float32)
+  assert np.array_equal(perlin.backdrop_texture(flat, np.zeros((48, 48))), flat)
 
 
 def test_init_from_converted_mae(tmp_path):
@@ -274,7 +318,7 @@ def test_config_variants_and_errors():
   c.method.score_kernel = 4
   with pytest.raises(ConfigError, match="score_kernel"):
     stage_helpers.build(c)
-  for key in ("anomaly_prob", "local_prob", "self_texture_prob"):
+  for key in ("anomaly_prob", "local_prob", "self_texture_prob", "backdrop_prob"):
     c = _tiny_config()
     c.method.stage2[key] = 1.5
     with pytest.raises(ConfigError, match=f"config.method.stage2.{key}=1.5 must be in"):

@@ -95,7 +95,9 @@ Stage 2 ("finetune")
             centred at a pixel drawn from the same attention distribution as the
             paste (an independent draw; "attention", full config; the centre is
             moved the least distance that keeps the patch inside the image) or
-            at a uniform location ("uniform", the demo),
+            at a uniform location ("uniform") or centred at a pixel drawn from
+            the inverted attention 1 - a ("background", the demo: backdrop pasted
+            on the object is a missing part),
             rotated U(-45, 45) deg, resized U(0.8, 1.2), colour-jittered (+-`jitter`),
             pasted (copy) centred at a pixel drawn from softmax((a - 1) / T) with a
             the min-max normalised, bilinearly upsampled head-mean CLS attention
@@ -162,7 +164,7 @@ ATTENTION_SOURCES = ("teacher", "student")
 SYNTHESES = ("device", "host")
 GUIDES = ("pretrained", "current")
 PRETRAIN_AUGMENTS = ("dino", "basic")
-CUT_LOCATIONS = ("attention", "uniform")
+CUT_LOCATIONS = ("attention", "uniform", "background")
 FINETUNE_AUGMENTS = ("color_jitter", "none")
 INIT_SOURCES = ("teacher", "student")
 
@@ -257,14 +259,19 @@ def cutpaste_one(key: jax.Array, image: jax.Array, attention: jax.Array, *,
   positions inside the image; "attention" = the patch centre drawn from the
   same attention distribution as the paste centre (an independent draw, from
   the key the uniform corner would use), then moved the least distance that
-  puts the whole patch inside the image."""
+  puts the whole patch inside the image; "background" = the same, drawn from
+  the inverted attention 1 - a (the least salient pixels)."""
   h, w = image.shape[:2]
   ks = jax.random.split(key, 8)
   pw = jnp.maximum(1.0, jnp.round(jax.random.uniform(ks[0], (), minval=0.1 * w, maxval=0.4 * w)))
   ph = jnp.maximum(1.0, jnp.round(jax.random.uniform(ks[1], (), minval=0.1 * h, maxval=0.4 * h)))
   logits = location_logits(attention, temperature)
-  if cut_location == "attention":
-    src_cy, src_cx = draw_location(ks[2], logits, w)
+  if cut_location in ("attention", "background"):
+    # "background": the centre drawn from softmax((a' - 1) / T), a' = 1 - a, the
+    # least attended pixels; pasted on the salient ones it takes a part away
+    # (MVTec's "missing part"), which a cut from the object itself cannot show
+    src_logits = logits if cut_location == "attention" else location_logits(-attention, temperature)
+    src_cy, src_cx = draw_location(ks[2], src_logits, w)
     src_cy = jnp.clip(src_cy, (ph - 1) / 2.0, h - 1 - (ph - 1) / 2.0)
     src_cx = jnp.clip(src_cx, (pw - 1) / 2.0, w - 1 - (pw - 1) / 2.0)
   else:
@@ -368,8 +375,8 @@ class Aca(Method):
         ("finetune", "augment", FINETUNE_AUGMENTS),
         ("finetune", "init_from_stage1", INIT_SOURCES)):
       config_choice(m[section][key], allowed, f"config.method.{section}.{key}")
-    if self.fine.synthesis == "host" and self.fine.cut_location == "attention":
-      raise ConfigError("config.method.finetune.cut_location='attention' needs "
+    if self.fine.synthesis == "host" and self.fine.cut_location != "uniform":
+      raise ConfigError(f"config.method.finetune.cut_location={self.fine.cut_location!r} needs "
                         "finetune.synthesis='device': the host transform has no attention map; "
                         "set finetune.cut_location='uniform' for host synthesis")
     if not 0.0 <= float(self.pre.mask_ratio) < 1.0:

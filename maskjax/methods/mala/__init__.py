@@ -41,7 +41,11 @@ Stage 2 ("stage2", predict anomaly maps)
   fraction `stage2.local_prob` is restricted to the image's foreground
   (`foreground_mask`), the rest global; a fraction `stage2.self_texture_prob`
   of them (0 in the paper's settings) pastes the image itself, shifted
-  (`perlin.self_texture`), instead of a texture. Texture sources: the images under
+  (`perlin.self_texture`), instead of a texture, and a fraction
+  `stage2.backdrop_prob` of the local ones (0 in the paper's settings) takes the
+  backdrop instead (`perlin.backdrop_texture`: each foreground pixel gets its
+  nearest background pixel's colour), which removes a piece of the object as
+  a missing part does. Texture sources: the images under
   `config.input.texture_dir` (DTD in the paper); without it the run is refused
   (`check_textures`, at construction) unless `method.builtin_textures` asks
   for the built-in procedural bank. Constant lr (paper: "fixed").
@@ -182,11 +186,13 @@ class PerlinTransform:
   Per example, from the example's generator: with probability
   `anomaly_prob` a Perlin anomaly, local (restricted to `foreground_mask`)
   with probability `local_prob` when a foreground is found, else global;
-  otherwise the clean image (mask 0, label 0)."""
+  otherwise the clean image (mask 0, label 0). A local anomaly's texture is
+  the backdrop (`perlin.backdrop_texture`) with probability `backdrop_prob`."""
   texture_dir: str = ""
   anomaly_prob: float = 0.8
   local_prob: float = 0.5
   self_texture_prob: float = 0.0
+  backdrop_prob: float = 0.0
 
   def __post_init__(self):
     from maskjax.ops import perlin
@@ -205,7 +211,12 @@ class PerlinTransform:
       out["label"] = np.int32(0)
       return out
     fg = foreground_mask(image) if rng.random() < self.local_prob else None
-    img, mask, label = self._synth(image, rng, fg)
+    tex = None
+    # (no draw when backdrop_prob is 0: the sequence of a run without it is unchanged)
+    if fg is not None and self.backdrop_prob > 0 and rng.random() < self.backdrop_prob:
+      from maskjax.ops import perlin  # pylint: disable=g-import-not-at-top
+      tex = perlin.backdrop_texture(image, fg)
+    img, mask, label = self._synth(image, rng, fg, texture=tex)
     out["image"] = img.astype(np.float32)
     out["mask"] = mask.astype(np.float32)
     out["label"] = np.int32(label)
@@ -249,7 +260,7 @@ class Mala(Method):
     if not 0.0 <= float(m.stage1.warmup_fraction) < 1.0:
       raise ConfigError(f"config.method.stage1.warmup_fraction={m.stage1.warmup_fraction} "
                         "must be in [0, 1)")
-    for key in ("anomaly_prob", "local_prob", "self_texture_prob"):
+    for key in ("anomaly_prob", "local_prob", "self_texture_prob", "backdrop_prob"):
       if not 0.0 <= float(m.stage2[key]) <= 1.0:
         raise ConfigError(f"config.method.stage2.{key}={m.stage2[key]} must be in [0, 1]")
     check_textures(config)  # before any training work
@@ -381,7 +392,8 @@ class Mala(Method):
       s2 = self.config.method.stage2
       self._host_transform = PerlinTransform(str(self.config.input.texture_dir),
                                              float(s2.anomaly_prob), float(s2.local_prob),
-                                             float(s2.self_texture_prob))
+                                             float(s2.self_texture_prob),
+                                             float(s2.backdrop_prob))
     return self._host_transform
 
   # -- pretrained weights --------------------------------------------------------------
