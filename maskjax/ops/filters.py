@@ -116,6 +116,23 @@ def gaussian_filter(x: jax.Array, size: int = 11, sigma: float = 1.5) -> jax.Arr
   return y[..., 0] if squeeze else y
 
 
+def gaussian_filter_reflect(m: jax.Array, sigma: float, truncate: float = 4.0) -> jax.Array:
+  """`scipy.ndimage.gaussian_filter(m[i], sigma)` for every map of [B,H,W]:
+  the normalised 1-D window exp(-t^2 / (2 sigma^2)), t = -r..r with
+  r = int(truncate * sigma + 0.5), applied along H then W on borders padded by
+  reflection including the edge pixel (scipy "reflect" = numpy "symmetric").
+  float32 result (scipy accumulates each line in float64)."""
+  radius = int(truncate * float(sigma) + 0.5)
+  t = np.arange(-radius, radius + 1, dtype=np.float64)
+  g = np.exp(-0.5 * t * t / float(sigma) ** 2)
+  g = (g / g.sum()).astype(np.float32)
+  x = jnp.pad(m.astype(jnp.float32)[..., None],
+              ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="symmetric")
+  x = depthwise_conv(x, g[:, None], "VALID")
+  x = depthwise_conv(x, g[None, :], "VALID")
+  return x[..., 0]
+
+
 def box_filter(x: jax.Array, size: int = 21) -> jax.Array:
   """Mean over a `size x size` window, zero padding `size // 2`, divisor `size**2`.
 

@@ -78,3 +78,12 @@ def test_depthwise_conv_both_impls_vs_scipy(impl):
   np.testing.assert_allclose(out, ref, atol=1e-5)
   valid = np.asarray(filters.depthwise_conv(jnp.asarray(x), k, "VALID", impl=impl))
   np.testing.assert_allclose(valid, ref[:, 1:-1, 2:-2], atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 32, 32), (1, 20, 24)])
+def test_gaussian_filter_reflect_equals_scipy(shape):
+  """Radius 28 > the map size at (20, 24): scipy reflects repeatedly."""
+  a = np.random.default_rng(6).uniform(size=shape).astype(np.float32)
+  got = np.asarray(filters.gaussian_filter_reflect(jnp.asarray(a), 7.0))
+  want = np.stack([ndimage.gaussian_filter(p.astype(np.float64), sigma=7) for p in a])
+  np.testing.assert_allclose(got, want, atol=1e-6)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from maskjax import train_utils
@@ -62,23 +61,6 @@ METRIC_SPACES = ("half", "unit")
 SCORE_PIPELINES = ("taikiinoue45", "plutoyuxie")
 MSGMS_LOSS_REDUCTIONS = ("map", "per_scale")
 PLUTOYUXIE_SIGMA = 7.0     # test.py: gaussian_filter(score[i], sigma=7)
-
-
-def gaussian_filter_reflect(m: jax.Array, sigma: float, truncate: float = 4.0) -> jax.Array:
-  """`scipy.ndimage.gaussian_filter(m[i], sigma)` for every map of [B,H,W]:
-  the normalised 1-D window exp(-t^2 / (2 sigma^2)), t = -r..r with
-  r = int(truncate * sigma + 0.5), applied along H then W on borders padded by
-  reflection including the edge pixel (scipy "reflect" = numpy "symmetric").
-  float32 result (scipy accumulates each line in float64)."""
-  radius = int(truncate * float(sigma) + 0.5)
-  t = np.arange(-radius, radius + 1, dtype=np.float64)
-  g = np.exp(-0.5 * t * t / float(sigma) ** 2)
-  g = (g / g.sum()).astype(np.float32)
-  x = jnp.pad(m.astype(jnp.float32)[..., None],
-              ((0, 0), (radius, radius), (radius, radius), (0, 0)), mode="symmetric")
-  x = filters.depthwise_conv(x, g[:, None], "VALID")
-  x = filters.depthwise_conv(x, g[None, :], "VALID")
-  return x[..., 0]
 
 
 class Riad(GridInpaintingMethod):
@@ -192,7 +174,7 @@ class Riad(GridInpaintingMethod):
         m = m / float((self.size // k) ** 2)
       total = m if total is None else total + m
     if self.score_pipeline == "plutoyuxie":
-      amap = gaussian_filter_reflect(total, PLUTOYUXIE_SIGMA)
+      amap = filters.gaussian_filter_reflect(total, PLUTOYUXIE_SIGMA)
     else:
       amap = gms.riad_score_filter(total, self.filter_size) if self.filter_size > 1 else total
     return {"anomaly_map": amap.astype(jnp.float32),
