@@ -69,7 +69,7 @@ VARIANTS = ("mvtec", "visa", "per_category", "demo", "demo_multi", "reduced",
 # (warmup_fraction as the demo's: unused with the constant schedule)
 RECORDED_DEFAULTS = {"method.stage1.schedule": "constant", "method.stage1.warmup_fraction": 0.05,
                      "method.builtin_textures": True, "method.stage2.self_texture_prob": 0.0,
-                     "method.stage2.backdrop_prob": 0.0}
+                     "method.stage2.backdrop_prob": 0.0, "method.map_sigma": 0.0}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -110,6 +110,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.method.b2 = 1.0                       # weight of the focal loss
   c.method.focal_gamma = 2.0              # focal loss gamma (DRAEM)
   c.method.score_kernel = 21              # image score = max(avgpool_k(map[0])), odd k
+  # Gaussian sigma (px at input.image_size) smoothing the anomaly map, not the image score;
+  # 0 = the paper's map, the anomaly probability itself
+  c.method.map_sigma = 0.0
   # ablation switches
   c.method.use_stage1 = True              # False: no MAE stage, stage 2 from init_from / random
   c.method.use_plpm = True                # False: no PLPM discriminator (no pseudo-label term)

@@ -115,6 +115,32 @@ def test_score_map_is_channel0_probability_and_score_is_pooled_max(trained):
   np.testing.assert_allclose(amap, e[..., 0] / e.sum(-1), rtol=1e-5, atol=1e-6)
 
 
+def test_map_sigma_smooths_the_map_not_the_image_score(trained):
+  """map_sigma 2: the map is scipy.ndimage.gaussian_filter of the probability
+  map; the image score is the pooled max of the unsmoothed one. Also through a
+  resize: a 48 px input is scored at 32 px and the smoothed map resized back."""
+  import scipy.ndimage
+  method, st2, batch = trained["method"], trained["st2"], trained["batch"]
+  plain = jax.jit(method.score)(st2, batch, {})
+  c = _tiny_config()
+  c.method.map_sigma = 2.0
+  smooth = stage_helpers.build(c)
+  assert "sigma 2" in smooth.describe()["map_smoothing"]
+  out = jax.jit(smooth.score)(st2, batch, {})
+  raw = np.asarray(plain["anomaly_map"], np.float64)
+  want = np.stack([scipy.ndimage.gaussian_filter(m, 2.0) for m in raw])
+  np.testing.assert_allclose(np.asarray(out["anomaly_map"]), want, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(out["image_score"]), np.asarray(plain["image_score"]))
+  big = dict(batch, image=jax.image.resize(batch["image"], (4, 48, 48, 3), "linear"))
+  out48, plain48 = jax.jit(smooth.score)(st2, big, {}), jax.jit(method.score)(st2, big, {})
+  assert out48["anomaly_map"].shape == (4, 48, 48)
+  np.testing.assert_array_equal(np.asarray(out48["image_score"]), np.asarray(plain48["image_score"]))
+  assert np.std(np.asarray(out48["anomaly_map"])) < np.std(np.asarray(plain48["anomaly_map"]))
+  c.method.map_sigma = -1.0
+  with pytest.raises(ConfigError, match="config.method.map_sigma=-1.0 must be >= 0"):
+    stage_helpers.build(c)
+
+
 def test_tbm_shape_and_token_layout():
   p, grid, de, dd = 4, (2, 3), 8, 6
   tbm = mala_heads.TokenBalanceModule(de, dd, p, rngs=__import__("flax").nnx.Rngs(0))
