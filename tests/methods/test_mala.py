@@ -34,6 +34,7 @@ def _tiny_config(*variants, **method):
   c.model.plpm_width = 4
   c.model.plpm_layers = 2
   c.method.score_kernel = 3
+  c.method.map_sigma = 0.0   # the raw map (the demo smooths it; test_map_sigma_... covers that)
   c.train.steps = 3
   for k, v in method.items():
     c.method[k] = v
