@@ -95,9 +95,9 @@ Stage 2 ("finetune")
             centred at a pixel drawn from the same attention distribution as the
             paste (an independent draw; "attention", full config; the centre is
             moved the least distance that keeps the patch inside the image) or
-            at a uniform location ("uniform") or centred at a pixel drawn from
-            the inverted attention 1 - a ("background", the demo: backdrop pasted
-            on the object is a missing part),
+            at a uniform location ("uniform", the demo) or centred at a pixel
+            drawn from the inverted attention 1 - a ("background", not in the
+            paper: backdrop pasted on the object is a missing part),
             rotated U(-45, 45) deg, resized U(0.8, 1.2), colour-jittered (+-`jitter`),
             pasted (copy) centred at a pixel drawn from softmax((a - 1) / T) with a
             the min-max normalised, bilinearly upsampled head-mean CLS attention

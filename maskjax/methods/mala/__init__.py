@@ -64,7 +64,8 @@ Scoring
   (`filters.gaussian_filter_reflect`, = scipy.ndimage.gaussian_filter). Only
   the map: the image score stays the pooled max of the unsmoothed map. A
   per-token map marks the outline of a large defect more than its inside, and
-  the smoothing fills the inside (anomalib's maps get sigma 4 for the same reason).
+  the smoothing fills the inside (anomalib smooths its models' maps likewise,
+  sigma 4 by default).
 
 Multi-class: one model for all configured categories; sampling is balanced
 per category: every epoch draws `samples_per_category` training images from
