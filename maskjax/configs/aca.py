@@ -106,7 +106,7 @@ VARIANTS = ("full", "demo", "random_mask", "no_mask", "no_pretrain", "poisson", 
 # What a run recorded before these keys existed did (maskjax.workdir.fill_method_defaults
 # fills them into an old run's config.json for eval / predict / export / resume checks).
 RECORDED_DEFAULTS = {"method.pretrain.augment": "basic", "method.finetune.cut_location": "uniform",
-                     "method.finetune.augment": "none",
+                     "method.finetune.augment": "none", "method.finetune.seg_lr_scale": 1.0,
                      "method.finetune.init_from_stage1": "student"}
 # (input.source_size is a shared key: an older run's config.json is filled with
 # base_config's 0, the previous code, by maskjax.workdir.with_schema_defaults.)
@@ -176,6 +176,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   f.guide = "pretrained"                     # pretrained (frozen) | current: whose attention places pastes
   f.lambda_det = 0.95                        # weight of the image classification CE loss
   f.lambda_seg = 0.05                        # weight of the Dice loss of the paste mask
+  # the attention-weighting head's weights learn this many times faster than the
+  # stage's lr (reparametrised, maskjax.methods.aca.heads.AttentionSegHead); 1: the paper's
+  # single lr
+  f.seg_lr_scale = 1.0
   f.epochs = 100                             # stage length in epochs (when no steps are fixed)
   f.steps = 0                                # > 0: fixed step count for this stage
   f.warmup_epochs = 10                       # linear lr warmup, in epochs (stage run by epochs)

@@ -309,3 +309,32 @@ def test_finetune_learns_a_fixed_synthetic_batch():
     ces.append(float(met["loss/ce"]))
   assert abs(ces[0] - math.log(2)) < 0.1
   assert np.mean(ces[-3:]) < 0.35, ces
+
+
+def test_seg_lr_scale_keeps_the_map_and_moves_the_head_that_much_faster():
+  """`finetune.seg_lr_scale` s stores the head's weights divided by s: the first
+  map is the same, and Adam's first step (about lr x sign(gradient) on every
+  stored number) moves the effective weights s times as far."""
+  batch = {"image": _batch(n=8, seed=5)["image"]}
+  moved, maps = {}, {}
+  for s in (1.0, 10.0):
+    c = _tiny_config()
+    c.method.use_pretrain = False
+    f = c.method.finetune
+    f.steps, f.warmup_fraction, f.seg_lr_scale = 5, 0.0, s
+    method = stage_helpers.build(c)
+    (s2,) = stage_helpers.stages(method)
+    st = jax.jit(s2.init)(jax.random.key(0), None)
+    seg0 = jax.device_get(st["params"]["seg"])
+    maps[s] = np.asarray(jax.jit(method.score)(st, _batch(n=2, seed=6), {})["anomaly_map"])
+    st1, _ = jax.jit(s2.train_step)(st, batch, jax.random.key(1))
+    seg1 = jax.device_get(st1["params"]["seg"])
+    moved[s] = np.abs(np.concatenate([
+        (np.ravel(seg1[k]) - np.ravel(seg0[k])) * s for k in ("weight", "bias")]))
+  np.testing.assert_allclose(maps[10.0], maps[1.0], rtol=1e-5, atol=1e-6)
+  assert np.all(moved[1.0] > 0)
+  np.testing.assert_allclose(moved[10.0], 10.0 * moved[1.0], rtol=0.05)
+  with pytest.raises(ConfigError, match="seg_lr_scale"):
+    c = _tiny_config()
+    c.method.finetune.seg_lr_scale = 0.0
+    stage_helpers.build(c)

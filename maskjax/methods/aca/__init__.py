@@ -379,6 +379,9 @@ class Aca(Method):
       raise ConfigError(f"config.method.finetune.cut_location={self.fine.cut_location!r} needs "
                         "finetune.synthesis='device': the host transform has no attention map; "
                         "set finetune.cut_location='uniform' for host synthesis")
+    if not float(self.fine.seg_lr_scale) > 0.0:
+      raise ConfigError(f"config.method.finetune.seg_lr_scale={self.fine.seg_lr_scale} must be > 0 "
+                        "(1: the segmentation head's weights learn at the stage's lr)")
     if not 0.0 <= float(self.pre.mask_ratio) < 1.0:
       raise ConfigError(f"config.method.pretrain.mask_ratio={self.pre.mask_ratio} must be in [0, 1)")
     name = str(config.model.backbone)
@@ -419,7 +422,8 @@ class Aca(Method):
     return {"vit": vit, "head": head,
             "cls": aca_heads.ClassHead(dim, int(p.head_hidden), int(p.head_layers),
                                        dtype=self.dtype, rngs=rngs),
-            "seg": aca_heads.AttentionSegHead(heads, rngs=rngs)}
+            "seg": aca_heads.AttentionSegHead(heads, lr_scale=float(self.fine.seg_lr_scale),
+                                              rngs=rngs)}
 
   def _fresh(self, rng: jax.Array) -> dict:
     mods = self._build(nnx.Rngs(params=rng))
@@ -719,6 +723,8 @@ class Aca(Method):
                       + f", images before synthesis: {f.augment}",
          "finetune_init": (f"stage 1's {f.init_from_stage1}" if self.config.method.use_pretrain
                            else "model.init_from"),
+         "seg_head": (f"learned weighting of the last block's CLS attention, its weights at "
+                      f"{float(f.seg_lr_scale):g} x the lr"),
          "compute_dtype": str(self.config.train.compute_dtype)}
     if self.config.method.use_pretrain:
       d["pretrain"] = (f"masking={p.masking} r={p.mask_ratio} (attention from "

@@ -17,6 +17,12 @@
   of patch i is  sum_h w_h * N * A[:, h, 0, 1 + i] + b  (w initialised to
   1/heads, b to -1), reshaped to the [B, h, w] patch grid. The anomaly map is
   sigmoid(logit) after bilinear upsampling of the logits to the image.
+  `lr_scale` s stores w / s and b / s and multiplies the logit by s: the same
+  initial map, but under Adam (whose step size does not depend on the
+  gradient's scale) w and b move s times as far per step as the backbone's
+  weights. Four numbers that start at 1/heads and -1 otherwise move at most
+  ~lr per step, about 0.5 over the demo's 3000 steps at lr 3e-4, too little
+  for a map that is near 0 off the anomaly and near 1 on it.
 """
 from __future__ import annotations
 
@@ -78,10 +84,11 @@ class ClassHead(nnx.Module):
 class AttentionSegHead(nnx.Module):
   """Learned per-head weights over the last block's CLS attention (module docstring)."""
 
-  def __init__(self, heads: int, *, rngs: nnx.Rngs):
+  def __init__(self, heads: int, *, lr_scale: float = 1.0, rngs: nnx.Rngs):
     del rngs
-    self.weight = nnx.Param(jnp.full((heads,), 1.0 / heads, jnp.float32))
-    self.bias = nnx.Param(jnp.full((), -1.0, jnp.float32))
+    self.lr_scale = float(lr_scale)
+    self.weight = nnx.Param(jnp.full((heads,), 1.0 / heads / self.lr_scale, jnp.float32))
+    self.bias = nnx.Param(jnp.full((), -1.0 / self.lr_scale, jnp.float32))
 
   def __call__(self, attention: Array, grid_hw: tuple[int, int]) -> Array:
     """attention [B, heads, 1+N, 1+N] -> logits [B, h, w] float32."""
@@ -91,4 +98,6 @@ class AttentionSegHead(nnx.Module):
       raise ValueError(f"attention has {attention.shape[-1]} tokens, expected 1 + {h}*{w}")
     maps = attention[:, :, 0, 1:].astype(jnp.float32) * n          # [B, heads, N]
     logit = jnp.einsum("bhn,h->bn", maps, self.weight[...]) + self.bias[...]
+    if self.lr_scale != 1.0:
+      logit = logit * self.lr_scale
     return logit.reshape(attention.shape[0], h, w)
