@@ -84,7 +84,9 @@ def test_a_run_recorded_before_the_switches_reads_as_the_previous_code(tmp_path)
 
   from maskjax import workdir as workdir_lib
   recorded = aca_config.RECORDED_DEFAULTS
-  assert set(recorded) == {k for k in DEMO_SWITCHES if k.startswith("method.")}
+  # keys added after the switches, each at the value the code had before it existed
+  later = {"method.finetune.seg_lr_scale": 1.0}
+  assert set(recorded) == {k for k in DEMO_SWITCHES if k.startswith("method.")} | set(later)
   config = aca_config.get_config("demo")
   old = json.loads(config.to_json())
   for dotted in recorded:
@@ -96,7 +98,7 @@ def test_a_run_recorded_before_the_switches_reads_as_the_previous_code(tmp_path)
   (tmp_path / "config.json").write_text(json.dumps(old))
   loaded = workdir_lib.load_run_config(str(tmp_path))
   for dotted, value in recorded.items():
-    assert _get(loaded, dotted) == value == DEMO_SWITCHES[dotted], dotted
+    assert _get(loaded, dotted) == value == {**DEMO_SWITCHES, **later}[dotted], dotted
   assert json.loads(loaded.to_json()) == json.loads(config.to_json())
   workdir_lib.check(config, str(tmp_path), write=False)  # no recipe change to refuse
 
