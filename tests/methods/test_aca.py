@@ -261,8 +261,23 @@ def test_host_cutpaste_transform_labels_and_half_normal():
     np.testing.assert_array_equal(out["image"][out["mask"] == 0], img[out["mask"] == 0])
   assert 8 <= sum(labels) <= 32
   c = _tiny_config("poisson")
+  c.method.finetune.jitter = 0.3
   s2 = stage_helpers.stages(stage_helpers.build(c))[-1]
   assert isinstance(s2.host_transform, aca.HostCutPaste) and s2.host_transform.poisson
+  # the host paste takes finetune.jitter as the device does: the same draws as
+  # ops.cutpaste with that jitter, and not those of its default 0.1
+  from maskjax.ops import cutpaste
+  t = aca.HostCutPaste(anomaly_prob=1.0, jitter=0.3)
+  out = t(ex, np.random.default_rng(5))
+  rng = np.random.default_rng(5)
+  rng.random()                                           # the paste decision
+  ref, ref_mask = cutpaste.attention_cutpaste(img, np.ones((4, 4), np.float32), rng, jitter=0.3)
+  np.testing.assert_array_equal(out["image"], ref)
+  np.testing.assert_array_equal(out["mask"], ref_mask)
+  rng = np.random.default_rng(5)
+  rng.random()
+  default, _ = cutpaste.attention_cutpaste(img, np.ones((4, 4), np.float32), rng)
+  assert not np.array_equal(out["image"], default)
 
 
 def test_finetune_guide_is_the_frozen_starting_backbone(trained):

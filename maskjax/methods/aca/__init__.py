@@ -312,13 +312,17 @@ def majority_vote(probs: jax.Array) -> jax.Array:
 class HostCutPaste:
   """Stage-2 host transform: `ops.cutpaste.attention_cutpaste` with a uniform
   location map (no attention on the host), optional Poisson blending, applied
-  with probability `anomaly_prob` (picklable for grain workers). `augment =
-  "color_jitter"`: `ops.cutpaste.color_jitter(FINETUNE_JITTER)` on every image
-  first (drawn after the paste decision, so "none" draws what it always drew)."""
+  with probability `anomaly_prob` (picklable for grain workers); the pasted
+  patch's colour jitter is `jitter` (`finetune.jitter`, as on the device).
+  `augment = "color_jitter"`: `ops.cutpaste.color_jitter(FINETUNE_JITTER)` on
+  every image first (drawn after the paste decision, so "none" draws what it
+  always drew)."""
 
-  def __init__(self, anomaly_prob: float = 0.5, poisson: bool = False, augment: str = "none"):
+  def __init__(self, anomaly_prob: float = 0.5, poisson: bool = False, augment: str = "none",
+               jitter: float = 0.1):
     self.anomaly_prob = float(anomaly_prob)
     self.poisson = bool(poisson)
+    self.jitter = float(jitter)
     self.augment = config_choice(augment, FINETUNE_AUGMENTS, "config.method.finetune.augment")
 
   def __call__(self, example: dict, rng: np.random.Generator) -> dict:
@@ -333,7 +337,7 @@ class HostCutPaste:
       out["label"] = np.int32(0)
       return out
     img, mask = cutpaste.attention_cutpaste(image, np.ones((4, 4), np.float32), rng,
-                                            poisson=self.poisson)
+                                            poisson=self.poisson, jitter=self.jitter)
     out["image"] = img.astype(np.float32)
     out["mask"] = mask.astype(np.float32)
     out["label"] = np.int32(mask.max() > 0)
@@ -481,7 +485,7 @@ class Aca(Method):
     host = None
     if self.fine.synthesis == "host":
       host = HostCutPaste(float(self.fine.anomaly_prob), bool(self.fine.poisson),
-                          str(self.fine.augment))
+                          str(self.fine.augment), float(self.fine.jitter))
     out.append(Stage("finetune", self._duration(self.fine), self._batch(self.fine),
                      self._stage_optim(self.fine),
                      init_model=self.init_finetune, loss_fn=self.loss_finetune,
