@@ -6,7 +6,9 @@ r"""Aggregate every run under a root into one table per dataset.
 Reads every `<run>/eval/results.json` below --root (the runs of
 `python -m maskjax.sweep`, or any workdirs). A run's column label is its path
 below the root without the category and seed parts (e.g. `riad` or
-`ear/mosaic_m=8`). For each dataset (MVTec AD, VisA, demo, ...) and each
+`ear/mosaic_m=8`). A per-category run (one model per category, sub-runs
+`<run>/<category>/`) counts once, through its merged report (`run_paths`).
+For each dataset (MVTec AD, VisA, demo, ...) and each
 metric (image AUROC, pixel AUROC, AUPRO, image F1-max) it writes:
 
   <out>/<dataset>_<metric>.md / .csv   rows: categories + mean;
@@ -79,11 +81,54 @@ def _metric_value(v) -> Optional[float]:
   return None if math.isnan(v) else v
 
 
-def read_run(path: str, root: str) -> list[dict]:
-  """One results.json -> rows {label, method, dataset, category, seed, metric: value}."""
+def sub_run_parents(paths: list[str], root: str) -> dict[str, str]:
+  """{sub-run directory: its per-category parent} for every parent (a directory
+  holding `sub_runs.json`, `maskjax.per_category`) between root and `paths`."""
+  from maskjax import per_category
+  root = os.path.normpath(root)
+  parents: dict[str, str] = {}
+  for path in paths:
+    d = os.path.normpath(os.path.dirname(os.path.dirname(os.path.dirname(path))))
+    while d not in parents.values() and (d == root or d.startswith(root + os.sep)):
+      cats = per_category.read_sub_runs(d)
+      if cats:
+        for c in cats:
+          parents[os.path.normpath(per_category.sub_workdir(d, c))] = d
+        break
+      if d == root:
+        break
+      d = os.path.dirname(d)
+  return parents
+
+
+def run_paths(root: str) -> list[tuple[str, str]]:
+  """(results.json, the run directory it is reported under) of every run below root.
+
+  A per-category run (`maskjax.per_category`) writes a report per category in
+  its sub-runs and a merged one in the parent: the parent's report stands for
+  all of them (counting both would report each model twice, under two
+  labels); the sub-runs of a parent that has no merged report yet (stopped
+  part-way) are reported under the parent's label."""
+  paths = sorted(glob.glob(os.path.join(root, "**", "eval", "results.json"), recursive=True))
+  parents = sub_run_parents(paths, root)
+  out = []
+  for p in paths:
+    run_dir = os.path.normpath(os.path.dirname(os.path.dirname(p)))
+    parent = parents.get(run_dir)
+    if parent is None:
+      out.append((p, run_dir))
+    elif not os.path.exists(os.path.join(parent, "eval", "results.json")):
+      out.append((p, parent))
+  return out
+
+
+def read_run(path: str, root: str, run_dir: Optional[str] = None) -> list[dict]:
+  """One results.json -> rows {label, method, dataset, category, seed, metric: value}.
+
+  `run_dir`: the directory the label comes from (default: the run's own)."""
   with open(path) as f:
     res = json.load(f)
-  run_dir = os.path.dirname(os.path.dirname(path))
+  run_dir = run_dir or os.path.dirname(os.path.dirname(path))
   rel = os.path.relpath(run_dir, root).split(os.sep)
   parts = [p for p in rel if not p.startswith("seed")]
   info = res.get("run_info", {}) or {}
@@ -348,13 +393,13 @@ def _bar_chart(t: dict, title: str, path: str) -> None:
 
 def build_report(root: str, references: list[str] = (), tolerance: float = 0.01,
                  out_dir: Optional[str] = None) -> list[str]:
-  paths = sorted(glob.glob(os.path.join(root, "**", "eval", "results.json"), recursive=True))
+  paths = run_paths(root)
   if not paths:
     from maskjax.errors import DataError
     raise DataError(f"no runs with eval/results.json found under {root}")
   rows = []
-  for p in paths:
-    rows += read_run(p, root)
+  for p, run_dir in paths:
+    rows += read_run(p, root, run_dir)
   rows = dedupe_baselines(rows)
   refs = {r: read_reference(r) for r in references}
   tables = aggregate(rows, refs, tolerance)

@@ -130,3 +130,35 @@ def test_reference_csv_generic_format(tmp_path):
   rows = report.read_reference(str(p))
   assert {"method": "riad", "category": "bottle", "metric": "image_auroc", "value": 0.99} in rows
   assert any(r["metric"] == "aupro" and r["value"] == 0.8 for r in rows)
+
+
+def _per_category_run(workdir, seed, per_cat, merged=True):
+  """A per-category parent (`maskjax.per_category`): one sub-run per category,
+  each with its own report, and (when finished) the merged report."""
+  from maskjax import per_category
+  os.makedirs(workdir, exist_ok=True)
+  per_category.write_sub_runs(workdir, list(per_cat))
+  for cat, metrics in per_cat.items():
+    _fake_result(per_category.sub_workdir(workdir, cat), "riad", "mvtec", {cat: metrics}, seed)
+  if merged:
+    _fake_result(workdir, "riad", "mvtec", per_cat, seed)
+
+
+def test_per_category_runs_are_counted_once_under_one_label(tmp_path):
+  # the sweep's layout for an entry with categories None: <label>/all/seed<s>
+  root = str(tmp_path / "runs")
+  _per_category_run(os.path.join(root, "riad", "all", "seed0"), 0,
+                    {"bottle": {"image_auroc": 0.90}, "mvtec/cable": {"image_auroc": 0.70}})
+  # stopped after its first category: no merged report yet
+  _per_category_run(os.path.join(root, "riad", "all", "seed1"), 1,
+                    {"bottle": {"image_auroc": 0.94}, "cable": {"image_auroc": 0.80}}, merged=False)
+  os.remove(os.path.join(root, "riad", "all", "seed1", "cable", "eval", "results.json"))
+  paths = report.run_paths(root)
+  assert [os.path.relpath(d, root) for _, d in paths] == [
+      os.path.join("riad", "all", "seed0"), os.path.join("riad", "all", "seed1")]
+  report.build_report(root)
+  md = open(os.path.join(root, "report", "mvtec_image_auroc.md")).read()
+  head = [l for l in md.splitlines() if l.startswith("| category")][0]
+  assert [h.strip() for h in head.strip("|").split("|")][1:] == ["riad"]
+  assert "| bottle | 92.0 ± 2.0 (n=2)" in md     # seed 0's merged report + seed 1's sub-run
+  assert "| cable | 70.0 |" in md                 # seed 0 only, counted once
