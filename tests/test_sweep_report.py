@@ -42,6 +42,21 @@ def test_expand_and_commands(tmp_path):
   assert all("mosaic_m=" in r.workdir for r in ear)
 
 
+def test_demo_methods_sweep_runs_every_demo_as_is(tmp_path):
+  # every method's demo, its own protocol, three seeds: README's table over seeds
+  import maskjax
+  spec = os.path.join(ROOT, "configs", "sweeps", "demo.py") + ":methods"
+  runs = sweep.expand(sweep.load_sweep(spec), str(tmp_path))
+  assert len(runs) == 5 * 3
+  assert {(r.label, r.seed) for r in runs} == {
+      (m, s) for m in ("riad", "ssm", "ear", "aca", "mala") for s in (0, 1, 2)}
+  for r in runs:
+    assert r.category is None and r.overrides == {}
+    assert r.command()[3:] == [f"--config={r.config}", f"--workdir={r.workdir}",
+                               f"--config.seed={r.seed}"]
+    assert maskjax.get_config(r.config).method.name == r.label
+
+
 def test_bad_sweep_file(tmp_path):
   from maskjax.errors import ConfigError
   with pytest.raises(ConfigError, match="nope.py"):
