@@ -81,23 +81,15 @@ def _metric_value(v) -> Optional[float]:
   return None if math.isnan(v) else v
 
 
-def sub_run_parents(paths: list[str], root: str) -> dict[str, str]:
-  """{sub-run directory: its per-category parent} for every parent (a directory
-  holding `sub_runs.json`, `maskjax.per_category`) between root and `paths`."""
+def sub_run_parents(root: str) -> dict[str, str]:
+  """{sub-run directory: its parent} for every per-category parent below root
+  (a directory holding `sub_runs.json`, `maskjax.per_category`)."""
   from maskjax import per_category
-  root = os.path.normpath(root)
   parents: dict[str, str] = {}
-  for path in paths:
-    d = os.path.normpath(os.path.dirname(os.path.dirname(os.path.dirname(path))))
-    while d not in parents.values() and (d == root or d.startswith(root + os.sep)):
-      cats = per_category.read_sub_runs(d)
-      if cats:
-        for c in cats:
-          parents[os.path.normpath(per_category.sub_workdir(d, c))] = d
-        break
-      if d == root:
-        break
-      d = os.path.dirname(d)
+  for f in glob.glob(os.path.join(root, "**", per_category.SUB_RUNS), recursive=True):
+    d = os.path.normpath(os.path.dirname(f))
+    for c in per_category.read_sub_runs(d) or ():
+      parents[os.path.normpath(per_category.sub_workdir(d, c))] = d
   return parents
 
 
@@ -110,7 +102,7 @@ def run_paths(root: str) -> list[tuple[str, str]]:
   labels); the sub-runs of a parent that has no merged report yet (stopped
   part-way) are reported under the parent's label."""
   paths = sorted(glob.glob(os.path.join(root, "**", "eval", "results.json"), recursive=True))
-  parents = sub_run_parents(paths, root)
+  parents = sub_run_parents(root)
   out = []
   for p in paths:
     run_dir = os.path.normpath(os.path.dirname(os.path.dirname(p)))
